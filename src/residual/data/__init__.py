@@ -1,0 +1,1 @@
+"""Datasets: where images come from (`sources`) and how they are split (`splits`)."""

@@ -1,0 +1,96 @@
+"""Stratified, seeded train/val/test splits written as a table (METHOD section 3).
+
+Rules (the `split:` entry of a dataset):
+- official: the dataset's own train/val/test parts, unchanged.
+- holdout:  official train -> train + val (`val` fraction, stratified); official test kept.
+- resplit:  every official part pooled -> train/val/test (`val`, `test` fractions, stratified).
+`subset: n` first draws a stratified subset of n samples from the train pool (ImageNet: 100k).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+from sklearn.model_selection import train_test_split
+
+from residual.data.sources import DatasetError, Source
+
+SPLITS = ("train", "val", "test")
+
+
+def split_table(source: Source, rule: Mapping[str, Any], seed: int, dataset: str = "") -> pl.DataFrame:
+    """One row per sample kept: sample_id (stable across rules), part, index (within the part),
+    label, split. Sorted by split then sample_id."""
+    kind = rule.get("rule", "resplit")
+    parts = list(source.parts)
+    offsets = np.cumsum([0] + [len(source.parts[p]) for p in parts])
+    frames = []
+    for part, offset in zip(parts, offsets):
+        labels = source.labels(part)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "sample_id": np.arange(offset, offset + len(labels), dtype=np.int64),
+                    "part": [part] * len(labels),
+                    "index": np.arange(len(labels), dtype=np.int64),
+                    "label": labels.astype(np.int64),
+                }
+            )
+        )
+    pool = pl.concat(frames)
+    if kind == "official":
+        missing = [s for s in SPLITS if s not in parts]
+        if missing:
+            raise DatasetError(f"dataset {dataset!r}: rule 'official' needs parts {SPLITS}, the source has {parts}")
+        assigned = pool.with_columns(pl.col("part").alias("split"))
+    elif kind == "holdout":
+        if "train" not in parts or "test" not in parts:
+            raise DatasetError(f"dataset {dataset!r}: rule 'holdout' needs official 'train' and 'test' parts, got {parts}")
+        train = _subset(pool.filter(pl.col("part") == "train"), rule.get("subset"), seed, dataset)
+        train, val = _stratified(train, float(rule["val"]), seed, dataset)
+        test = pool.filter(pl.col("part") == "test")
+        assigned = _label(train=train, val=val, test=test)
+    elif kind == "resplit":
+        pool = _subset(pool, rule.get("subset"), seed, dataset)
+        rest, test = _stratified(pool, float(rule["test"]), seed, dataset)
+        val_share = float(rule["val"]) / (1.0 - float(rule["test"]))
+        train, val = _stratified(rest, val_share, seed, dataset)
+        assigned = _label(train=train, val=val, test=test)
+    else:
+        raise DatasetError(f"dataset {dataset!r}: unknown split rule {kind!r}; use official, holdout or resplit")
+    for split in SPLITS:
+        if assigned.filter(pl.col("split") == split).height == 0:
+            raise DatasetError(f"dataset {dataset!r}: split {split!r} is empty; the dataset is too small for rule {dict(rule)}")
+    return assigned.sort("split", "sample_id")
+
+
+def _label(**splits: pl.DataFrame) -> pl.DataFrame:
+    return pl.concat([frame.with_columns(pl.lit(name).alias("split")) for name, frame in splits.items()])
+
+
+def _stratify_on(frame: pl.DataFrame) -> np.ndarray | None:
+    labels = frame["label"].to_numpy()
+    _, counts = np.unique(labels, return_counts=True)
+    return labels if counts.min() >= 2 else None
+
+
+def _stratified(frame: pl.DataFrame, fraction: float, seed: int, dataset: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split rows into (1 - fraction, fraction), stratified by label."""
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"dataset {dataset!r}: split fraction {fraction} must lie strictly between 0 and 1")
+    keep, held = train_test_split(
+        np.arange(frame.height), test_size=fraction, random_state=seed, stratify=_stratify_on(frame)
+    )
+    return frame[np.sort(keep)], frame[np.sort(held)]
+
+
+def _subset(frame: pl.DataFrame, size: int | None, seed: int, dataset: str) -> pl.DataFrame:
+    if size is None or size >= frame.height:
+        return frame
+    keep, _ = train_test_split(
+        np.arange(frame.height), train_size=int(size), random_state=seed, stratify=_stratify_on(frame)
+    )
+    return frame[np.sort(keep)]

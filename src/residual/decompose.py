@@ -1,0 +1,165 @@
+"""Residual-unit decomposition of a ViT's image embedding (METHOD section 1).
+
+The library's own forward runs unchanged; forward hooks on its modules read the stream entering
+block 0, every attention layer's input and every MLP's output at the CLS token, and the input of
+the final norm. Head outputs are recomputed at the CLS query from the attention weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from residual.models import LoadedModel
+from residual.tower import Tower, layer_scale_vector
+from residual.unit_map import UnitMap
+
+TOLERANCE = 1e-4
+
+
+class DecompositionError(RuntimeError):
+    """sum(units) differs from the model's embedding by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class RawUnits:
+    """One batch in storage form (see `UnitMap`). Shapes: B samples, L layers, H heads.
+
+    - emb: [B, d_out]; mlp: [B, L, d_out] (output space, before the LayerNorm scale)
+    - heads: [B, L, H, dh] raw attention outputs at the CLS query
+    - ln_mean, ln_std: [B] statistics of the final LayerNorm on the real stream
+    - embedding: [B, d_out] the model's own embedding
+    """
+
+    emb: Tensor
+    mlp: Tensor
+    heads: Tensor
+    ln_mean: Tensor
+    ln_std: Tensor
+    embedding: Tensor
+
+    def values(self, unit_map: UnitMap) -> Tensor:
+        """All units in output space: [B, U, d_out], U = 1 + L + L*H, in `UnitLayout` order."""
+        batch = self.heads.shape[0]
+        heads = unit_map.heads_to_output(self.heads.reshape(batch, -1, self.heads.shape[-1]))
+        pre = torch.cat([self.emb[:, None].float(), self.mlp.float(), heads], dim=1)
+        return unit_map.finish(pre, self.ln_mean, self.ln_std)
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """`names` [U]; `values` [B, U, d_out] float32 in output space; `embedding` [B, d_out]."""
+
+    names: list[str]
+    values: Tensor
+    embedding: Tensor
+
+    @property
+    def error(self) -> float:
+        """Worst per-sample max |sum_u y_u - embedding| / max |embedding|."""
+        return relative_error(self.values.sum(dim=1), self.embedding)
+
+
+def relative_error(approx: Tensor, exact: Tensor) -> float:
+    """max over samples of max |approx - exact| / max |exact|; approx, exact: [B, d]."""
+    if exact.numel() == 0:
+        return 0.0
+    diff = (approx.float() - exact.float()).abs().amax(dim=-1)
+    scale = exact.float().abs().amax(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
+    return float((diff / scale).max())
+
+
+def decompose(model: LoadedModel, images: Tensor) -> Decomposition:
+    """Units of a batch. images: [B, 3, H, W], already preprocessed.
+
+    Raises DecompositionError if sum(units) misses the embedding by more than 1e-4 relative.
+    """
+    raw = trace(model, images)
+    decomposition = Decomposition(model.layout.names, raw.values(model.unit_map), raw.embedding.float())
+    check_decomposition(decomposition.error, context=f"model {model.name!r}")
+    return decomposition
+
+
+def check_decomposition(error: float, context: str) -> None:
+    if not error <= TOLERANCE:  # also catches NaN
+        raise DecompositionError(
+            f"{context}: sum of units differs from the model's embedding by {error:.3g} relative "
+            f"(tolerance {TOLERANCE:g}). The model is not a pre-norm CLS-pooled ViT as the adapter "
+            "assumes, or it ran in reduced precision; decompose in float32."
+        )
+
+
+@torch.no_grad()
+def trace(model: LoadedModel, images: Tensor) -> RawUnits:
+    """Run the model once and read its units in storage form. images: [B, 3, H, W]."""
+    tower = model.tower
+    images = images.to(model.device, torch.float32)
+    with _recorded(tower) as record:
+        embedding = tower.encode(images)
+    stream = record["final"]
+    ln_mean = stream.mean(dim=-1)
+    ln_std = torch.sqrt(stream.var(dim=-1, unbiased=False) + tower.final_norm.eps)
+    factor = model.embed_factor
+    mlp = torch.stack(
+        [layer_scale_vector(block.ls2, tower.width, stream) * out for block, out in zip(tower.blocks, record["mlp"])],
+        dim=1,
+    )
+    return RawUnits(
+        emb=record["embed"] @ factor,
+        mlp=mlp @ factor,
+        heads=torch.stack(record["heads"], dim=1),
+        ln_mean=ln_mean,
+        ln_std=ln_std,
+        embedding=embedding.float(),
+    )
+
+
+@contextmanager
+def _recorded(tower: Tower) -> Iterator[dict]:
+    """Hooks that fill {'embed': [B, D], 'heads': L x [B, H, dh], 'mlp': L x [B, D], 'final': [B, D]}."""
+    record: dict = {"heads": [], "mlp": []}
+
+    def cls(x: Tensor) -> Tensor:
+        if x.ndim == 2:  # already pooled
+            return x
+        return x[:, 0] if tower.batch_first else x[0]
+
+    def tokens(x: Tensor) -> Tensor:
+        return x if tower.batch_first else x.transpose(0, 1)
+
+    def on_embed(module, args, output):
+        record["embed"] = cls(output).float()
+
+    def on_final(module, args):
+        record["final"] = cls(args[0]).float()
+
+    def on_attention(block):
+        def hook(module, args, kwargs):
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            if mask is not None or kwargs.get("is_causal", False):
+                raise NotImplementedError("attention masks are not supported in the vision tower")
+            record["heads"].append(block.attention.cls_head_outputs(tokens(args[0]).float()))
+
+        return hook
+
+    def on_mlp(module, args, output):
+        record["mlp"].append(cls(output).float())
+
+    handles = [
+        tower.embed.register_forward_hook(on_embed),
+        tower.final_norm.register_forward_pre_hook(on_final),
+    ]
+    for block in tower.blocks:
+        handles.append(block.attn_module.register_forward_pre_hook(on_attention(block), with_kwargs=True))
+        handles.append(block.mlp.register_forward_hook(on_mlp))
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(record["heads"]) != tower.layers or len(record["mlp"]) != tower.layers or "final" not in record:
+        raise RuntimeError("the model's forward did not pass through every block once: cannot decompose it")

@@ -1,0 +1,60 @@
+"""open_clip vision transformers as a `Tower`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import open_clip
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import nn
+
+from residual.tower import AttentionWeights, Block, Tower, UnsupportedModelError
+
+
+def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[str, Any]]:
+    """The CLIP model, its eval transform, its input size and its tokenizer (in `extras`)."""
+    arch = spec["arch"]
+    if arch not in open_clip.list_models():
+        raise ValueError(f"open_clip has no architecture {arch!r}; `open_clip.list_models()` lists them")
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        arch, pretrained=spec.get("pretrained"), **spec.get("kwargs", {})
+    )
+    size = model.visual.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return model, preprocess, size, {"tokenizer": open_clip.get_tokenizer(arch)}
+
+
+def tower(model: nn.Module) -> Tower:
+    visual = getattr(model, "visual", None)
+    if not isinstance(visual, VisionTransformer):
+        raise UnsupportedModelError(f"{type(visual).__name__} is not an open_clip VisionTransformer: only ViTs decompose into heads")
+    if visual.attn_pool is not None or visual.pool_type != "tok":
+        raise UnsupportedModelError(
+            f"this open_clip ViT pools with {'attention' if visual.attn_pool is not None else visual.pool_type!r}; "
+            "only CLS-token pooling ('tok') decomposes into residual units"
+        )
+    blocks = []
+    for index, block in enumerate(visual.transformer.resblocks):
+        if type(block) is not ResidualAttentionBlock:
+            raise UnsupportedModelError(
+                f"block {index} is a {type(block).__name__}: only plain pre-norm blocks (no qk-norm, "
+                "scaled cosine or inner norms) decompose linearly into heads"
+            )
+        attn = block.attn
+        if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn:
+            raise UnsupportedModelError(f"block {index}: attention with separate k/v widths or extra k/v biases")
+        weights = AttentionWeights.from_packed(
+            attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias, attn.num_heads
+        )
+        blocks.append(Block(attn_module=attn, attention=weights, mlp=block.mlp, ls1=block.ls_1, ls2=block.ls_2))
+    if not isinstance(visual.ln_post, nn.LayerNorm):
+        raise UnsupportedModelError(f"final norm is {type(visual.ln_post).__name__}, not a LayerNorm")
+    return Tower(
+        embed=visual.ln_pre,
+        blocks=blocks,
+        final_norm=visual.ln_post,
+        proj=visual.proj,
+        proj_bias=None,
+        encode=model.encode_image,
+        batch_first=visual.transformer.batch_first,
+    )

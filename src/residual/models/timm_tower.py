@@ -1,0 +1,78 @@
+"""timm vision transformers (ViT, DeiT, DINOv2 with layer scale and registers) as a `Tower`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+from timm.layers import Attention
+from timm.models.vision_transformer import Block as TimmBlock
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from residual.tower import AttentionWeights, Block, Tower, UnsupportedModelError
+
+
+def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[str, Any]]:
+    """The timm model (classifier head kept but unused), its eval transform and input size."""
+    arch, pretrained, kwargs = spec["arch"], spec.get("pretrained"), dict(spec.get("kwargs", {}))
+    if not timm.is_model(arch.split(".")[0]):
+        raise ValueError(f"timm has no architecture {arch!r}; `timm.list_models()` lists them")
+    if pretrained is None:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+    elif _is_file(pretrained):
+        model = timm.create_model(arch, pretrained=False, checkpoint_path=pretrained, **kwargs)
+    else:
+        model = timm.create_model(f"{arch.split('.')[0]}.{pretrained}", pretrained=True, **kwargs)
+    config = timm.data.resolve_model_data_config(model)
+    # The pretrained config's size goes stale when `kwargs` resize the model (img_size=...).
+    config["input_size"] = (3, *model.patch_embed.img_size)
+    preprocess = timm.data.create_transform(**config, is_training=False)
+    _, height, width = config["input_size"]
+    return model, preprocess, (height, width), {}
+
+
+def tower(model: nn.Module) -> Tower:
+    if not isinstance(model, VisionTransformer):
+        raise UnsupportedModelError(f"{type(model).__name__} is not a timm VisionTransformer")
+    if model.global_pool != "token" or model.attn_pool is not None or model.cls_token is None:
+        raise UnsupportedModelError(
+            f"this timm ViT pools with {model.global_pool!r}; only CLS-token pooling ('token') "
+            "decomposes into residual units (build it with global_pool='token')"
+        )
+    norms = [norm for norm in (model.norm, model.fc_norm) if not isinstance(norm, nn.Identity)]
+    if len(norms) != 1 or not isinstance(norms[0], nn.LayerNorm):
+        raise UnsupportedModelError("expected exactly one final LayerNorm (norm or fc_norm)")
+    blocks = []
+    for index, block in enumerate(model.blocks):
+        attn = getattr(block, "attn", None)
+        if type(block) is not TimmBlock or not isinstance(attn, Attention):
+            raise UnsupportedModelError(f"block {index} ({type(block).__name__}) is not a plain pre-norm ViT block")
+        if attn.gate is not None or not isinstance(attn.norm, nn.Identity):
+            raise UnsupportedModelError(f"block {index}: gated or normalised attention output does not split by head")
+        weights = AttentionWeights.from_packed(
+            attn.qkv.weight,
+            attn.qkv.bias,
+            attn.proj.weight,
+            attn.proj.bias,
+            attn.num_heads,
+            scale=attn.scale,
+            q_norm=_norm_or_none(attn.q_norm),
+            k_norm=_norm_or_none(attn.k_norm),
+        )
+        blocks.append(Block(attn_module=attn, attention=weights, mlp=block.mlp, ls1=block.ls1, ls2=block.ls2))
+
+    def encode(images: Tensor) -> Tensor:
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+
+    return Tower(embed=model.norm_pre, blocks=blocks, final_norm=norms[0], proj=None, proj_bias=None, encode=encode)
+
+
+def _norm_or_none(module: nn.Module) -> nn.Module | None:
+    return None if isinstance(module, nn.Identity) else module
+
+
+def _is_file(value: str) -> bool:
+    from pathlib import Path
+
+    return Path(value).is_file()
