@@ -139,10 +139,11 @@ def _recorded(tower: Tower) -> Iterator[dict]:
 
     def on_attention(block):
         def hook(module, args, kwargs):
-            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            mask = kwargs.get("attn_mask", kwargs.get("attention_mask", args[3] if len(args) > 3 else None))
             if mask is not None or kwargs.get("is_causal", False):
                 raise NotImplementedError("attention masks are not supported in the vision tower")
-            record["heads"].append(block.attention.cls_head_outputs(tokens(args[0]).float()))
+            x = args[0] if args else kwargs["hidden_states"]  # transformers passes the input by keyword
+            record["heads"].append(block.attention.cls_head_outputs(tokens(x).float()))
 
         return hook
 

@@ -3,87 +3,45 @@
 A loader turns one `datasets:` entry of the config into a `Source`: its official parts (e.g.
 {'train': ..., 'test': ...}, or {'all': ...} when the dataset has no official split) and its class
 names. Items are PIL images, or `NoiseImage`s that are rendered at the model's input size.
+`LOADERS` names every loader: the paper's datasets (`catalog`, read from files under `root`) and
+two that need no files (scikit-learn's digits and the paper's "random" images).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 from torch import Tensor
 
+from residual.data.catalog import DATASETS, load
+from residual.data.sequences import (
+    ArrayImages,
+    DatasetError,
+    ImageSequence,
+    LabelledImages,
+    NoiseImage,
+    NoiseImages,
+    Source,
+)
 
-class DatasetError(ValueError):
-    """A dataset entry, its files or its root are unusable; the message says what to do."""
+__all__ = [
+    "LOADERS",
+    "ArrayImages",
+    "DatasetError",
+    "ImageSequence",
+    "LabelledImages",
+    "Loader",
+    "NoiseImage",
+    "NoiseImages",
+    "Source",
+    "load_source",
+    "prepare",
+]
 
-
-class ImageSequence(Protocol):
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> tuple[Any, int]: ...
-
-
-@dataclass(frozen=True)
-class Source:
-    """parts: official part name -> (image, label) sequence; classes: class names by label."""
-
-    parts: Mapping[str, ImageSequence]
-    classes: list[str]
-    metadata: Mapping[str, Any] | None = None
-
-    def labels(self, part: str) -> np.ndarray:
-        """All labels of a part, [n] int64 (reads targets without decoding images where possible)."""
-        sequence = self.parts[part]
-        targets = getattr(sequence, "targets", None)
-        if targets is None:
-            targets = [sequence[i][1] for i in range(len(sequence))]
-        return np.asarray(targets, dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class NoiseImage:
-    """The paper's "random" image: RGB values uniform in [-1, 1] in the model's input space
-    (after its normalisation), seeded per sample so every model sees the same draw."""
-
-    seed: int
-    index: int
-
-    def render(self, size: tuple[int, int]) -> Tensor:
-        """[3, H, W] float32."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.index)
-        return torch.rand(3, *size, generator=generator) * 2 - 1
-
-
-class NoiseImages:
-    def __init__(self, count: int, seed: int) -> None:
-        self.count, self.seed = count, seed
-        self.targets = [0] * count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> tuple[NoiseImage, int]:
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return NoiseImage(self.seed, index), 0
-
-
-class ArrayImages:
-    """In-memory uint8 images [n, H, W] (grayscale) or [n, H, W, 3] with labels [n]."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.targets = images, [int(label) for label in labels]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return Image.fromarray(self.images[index]).convert("RGB"), self.targets[index]
+Loader = Callable[[Mapping[str, Any], "Path | None", int], Source]
 
 
 def load_digits_source(spec: Mapping[str, Any], root: Path | None, seed: int) -> Source:
@@ -104,8 +62,19 @@ def load_random_source(spec: Mapping[str, Any], root: Path | None, seed: int) ->
     )
 
 
-Loader = Callable[[Mapping[str, Any], "Path | None", int], Source]
+def _catalog_loader(name: str) -> Loader:
+    """The loader of catalog dataset `name`: its files must lie under the entry's `root`."""
+
+    def load_catalog_source(spec: Mapping[str, Any], root: Path | None, seed: int) -> Source:
+        if root is None:
+            raise DatasetError(f"loader {name!r} needs `root`, the folder that holds {', '.join(DATASETS[name].files)}")
+        return load(name, root)
+
+    return load_catalog_source
+
+
 LOADERS: dict[str, Loader] = {
+    **{name: _catalog_loader(name) for name in DATASETS},
     "digits": load_digits_source,
     "random": load_random_source,
 }
@@ -125,7 +94,3 @@ def prepare(image: Any, preprocess: Callable[[Any], Tensor], size: tuple[int, in
     if isinstance(image, NoiseImage):
         return image.render(size)
     return preprocess(image)
-
-
-def subset(sequence: ImageSequence, indices: Sequence[int]) -> torch.utils.data.Subset:
-    return torch.utils.data.Subset(sequence, list(indices))

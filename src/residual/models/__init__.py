@@ -16,7 +16,7 @@ from residual.tower import Tower, UnsupportedModelError
 from residual.unit_map import UnitMap
 from residual.units import UnitLayout
 
-LIBRARIES = ("open_clip", "timm")
+LIBRARIES = ("open_clip", "timm", "transformers")
 
 
 class ModelSpecError(ValueError):
@@ -61,7 +61,7 @@ class LoadedModel:
 def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "auto") -> LoadedModel:
     """Build one `models:` entry of the config.
 
-    spec keys: `library` (open_clip | timm), `arch` (the library's model name), `pretrained`
+    spec keys: `library` (open_clip | timm | transformers), `arch` (the library's model name), `pretrained`
     (a tag, a local checkpoint file, or None for random init seeded by `seed`, default 0),
     optional `kwargs` passed to the library's constructor (e.g. a smaller `img_size`).
     """
@@ -72,7 +72,7 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
     if not isinstance(spec.get("arch"), str):
         raise ModelSpecError(f"model {name!r}: `arch` must name the library's architecture, got {spec.get('arch')!r}")
     pretrained = spec.get("pretrained")
-    if isinstance(pretrained, str) and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+    if library != "transformers" and isinstance(pretrained, str) and _looks_like_path(pretrained) and not Path(pretrained).is_file():
         raise ModelSpecError(
             f"model {name or spec['arch']!r}: checkpoint {pretrained!r} does not exist; fix `pretrained` or use null for random init"
         )
@@ -80,6 +80,8 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
     torch.manual_seed(int(spec.get("seed", 0)))
     if library == "open_clip":
         from residual.models import openclip_tower as adapter
+    elif library == "transformers":
+        from residual.models import blip_tower as adapter
     else:
         from residual.models import timm_tower as adapter
     try:

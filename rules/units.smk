@@ -1,0 +1,49 @@
+# Residual units: each model's unit map, then every split of every dataset encoded into Parquet.
+
+
+rule unit_map:
+    output:
+        "results/units/{model}/unit_map.safetensors",
+    params:
+        name=lambda wildcards: wildcards.model,
+        spec=model_spec,
+    log:
+        "logs/unit_map/{model}.log",
+    benchmark:
+        "benchmarks/unit_map/{model}.tsv"
+    threads: 2
+    resources:
+        mem_mb=ENCODE["mem_mb"],
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/unit_map.py"
+
+
+rule encode:
+    input:
+        split="results/splits/{dataset}.parquet",
+        unit_map="results/units/{model}/unit_map.safetensors",
+    output:
+        "results/units/{model}/{dataset}/{split}.parquet",
+    params:
+        model=model_spec,
+        dataset=dataset_spec,
+        seed=config["seed"],
+        dtype=ENCODE["dtype"],
+        batch_size=ENCODE["batch_size"],
+        rows_per_group=ENCODE["rows_per_group"],
+        device=ENCODE["device"],
+        workers=ENCODE["workers"],
+    log:
+        "logs/encode/{model}/{dataset}/{split}.log",
+    benchmark:
+        "benchmarks/encode/{model}/{dataset}/{split}.tsv"
+    threads: ENCODE["threads"]
+    resources:
+        mem_mb=ENCODE["mem_mb"],
+        gpu=ENCODE["gpus"],
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/encode.py"

@@ -1,0 +1,69 @@
+"""Read and validate a pipeline config against its JSON schema (unknown keys rejected)."""
+
+from __future__ import annotations
+
+import copy
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA = yaml.safe_load(files("residual").joinpath("schemas/config.schema.yaml").read_text())
+
+
+class ConfigError(ValueError):
+    """The config does not match the schema; the message names the key and what to do."""
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that also fills in each property's `default` (the standard jsonschema recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate `config` in place (filling defaults) and return it; raise ConfigError on the first problem."""
+    errors = sorted(_Validator(SCHEMA).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        hint = ""
+        if error.validator == "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            hint = f"; allowed keys here: {allowed}" if allowed else ""
+        raise ConfigError(f"{source}: at `{where}`: {error.message}{hint}")
+    for name, model in config["models"].items():
+        model.setdefault("seed", config["seed"])
+    return config
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config (safely) and validate it."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return validate_config(config, source=str(path))
+
+
+def active_models(config: dict[str, Any]) -> list[str]:
+    """Model keys this run uses (appendix models only when `appendix_models` is true)."""
+    return [name for name, spec in config["models"].items() if config["appendix_models"] or not spec["appendix"]]

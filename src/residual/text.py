@@ -1,0 +1,75 @@
+"""Text embeddings in the image embedding's space, and zero-shot classifiers built from them.
+
+open_clip: `model.encode_text` on the model's tokenizer at the text tower's context length.
+BLIP: the ITC path of `BlipForImageTextRetrieval`, `text_proj(text_encoder(ids, mask)[:, 0])`.
+timm models have no text tower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from residual.models import LoadedModel
+
+Template = str | Callable[[str], str]
+
+
+class NoTextTowerError(ValueError):
+    """The model has no text encoder (or was built without its tokenizer)."""
+
+
+@torch.no_grad()
+def encode_text(model: LoadedModel, texts: list[str], batch_size: int = 256) -> Tensor:
+    """Texts -> their embeddings [n, d_out] float32 on the model's device, not normalised."""
+    library = model.spec["library"]
+    if library == "timm":
+        raise NoTextTowerError(
+            f"model {model.name!r} (timm) has no text tower: use the class means of its train outputs as the classifier"
+        )
+    tokenizer = model.extras.get("tokenizer")
+    if tokenizer is None:
+        raise NoTextTowerError(
+            f"model {model.name!r} was built without a tokenizer (random init or a bare weights file): point "
+            "`pretrained` at a checkpoint directory or model id that includes its tokenizer"
+        )
+    encode = _open_clip_batch if library == "open_clip" else _blip_batch
+    width = model.tower.out_dim
+    parts = [encode(model, tokenizer, texts[start : start + batch_size]).float() for start in range(0, len(texts), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, width, device=model.device)
+
+
+def zero_shot_classifier(
+    model: LoadedModel, classnames: Sequence[str], templates: Sequence[Template], batch_size: int = 256
+) -> Tensor:
+    """Class weights [C, d_out], unit-norm rows: per class, every template filled with the class name
+    (`str.format` strings with `{}`, or callables like open_clip's `zero_shot_metadata` ones) is
+    encoded and L2-normalised; the mean over templates is re-normalised."""
+    if not classnames or not templates:
+        raise ValueError("a zero-shot classifier needs at least one class name and one template")
+    texts = [template(name) if callable(template) else template.format(name) for name in classnames for template in templates]
+    embeddings = F.normalize(encode_text(model, texts, batch_size), dim=-1)
+    return F.normalize(embeddings.reshape(len(classnames), len(templates), -1).mean(dim=1), dim=-1)
+
+
+def _open_clip_batch(model: LoadedModel, tokenizer: Callable, texts: list[str]) -> Tensor:
+    """[n] texts -> `encode_text` [n, d_out]; tokenised at the model's own context length."""
+    tokens = tokenizer(texts, context_length=model.module.context_length)
+    return model.module.encode_text(tokens.to(model.device))
+
+
+def _blip_batch(model: LoadedModel, tokenizer: Callable, texts: list[str]) -> Tensor:
+    """[n] texts -> text_proj of the text encoder's first ([CLS]) token [n, d_out]."""
+    module = model.module
+    tokens = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=module.config.text_config.max_position_embeddings,
+        return_tensors="pt",
+    ).to(model.device)
+    hidden = module.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+    return module.text_proj(hidden[:, 0])

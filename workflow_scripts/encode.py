@@ -1,0 +1,26 @@
+import polars as pl
+
+from residual import load_model
+from residual.data.sources import load_source
+from residual.encode import encode_split
+from residual.workflow import rule_context
+
+with rule_context(snakemake) as log:
+    params, wildcards = snakemake.params, snakemake.wildcards
+    model = load_model(params.model, name=wildcards.model, device=params.device)
+    source = load_source(wildcards.dataset, params.dataset, params.seed)
+    rows = pl.read_parquet(snakemake.input.split).filter(pl.col("split") == wildcards.split)
+    log.info("encoding %d samples of %s/%s with %s on %s", rows.height, wildcards.dataset, wildcards.split, model.name, model.device)
+    result = encode_split(
+        model,
+        source,
+        rows,
+        snakemake.output[0],
+        snakemake.input.unit_map,
+        dtype=params.dtype,
+        batch_size=params.batch_size,
+        workers=params.workers,
+        rows_per_group=params.rows_per_group,
+        metadata={"dataset": wildcards.dataset, "split": wildcards.split, "dataset_spec": params.dataset},
+    )
+    log.info("done: %s", result)
