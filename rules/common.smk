@@ -1,7 +1,29 @@
 # Config validation, the run's models and datasets, and path helpers shared by every rule.
 from residual.config import active_models, validate_config
+from residual.data.catalog import DATASETS as DATASETS_WITH_FILES
+from residual.preflight import check_config, missing_inputs, require_inputs
+from snakemake.logging import logger
 
 validate_config(config, source="config")
+# Preflight (residual.preflight), in the main process only (cluster jobs read this file again).
+# Config mistakes (unknown architecture, tag, checkpoint file, loader, root) stop every run, dry runs
+# included. Inputs absent from this machine that no rule can fetch (user-supplied datasets, uncached
+# Hugging Face checkpoints) are only warned about here, so `snakemake -n` plans without the data;
+# a real run stops on them in `onstart`, before its first job, if a pending job needs them.
+if workflow.is_main_process:
+    check_config(config)
+    for problem in missing_inputs(config):
+        logger.warning(f"Preflight: a real run that needs this stops before its first job: {problem}")
+
+
+onstart:
+    pending = [job.wildcards_dict for job in workflow.dag.needrun_jobs()]
+    require_inputs(
+        config,
+        datasets={wildcards["dataset"] for wildcards in pending if "dataset" in wildcards},
+        models={wildcards["model"] for wildcards in pending if "model" in wildcards},
+    )
+
 
 MODELS = active_models(config)
 DATASETS = list(config["datasets"])
@@ -23,6 +45,15 @@ def model_spec(wildcards):
 
 def dataset_spec(wildcards):
     return config["datasets"][wildcards.dataset]
+
+
+def has_files(spec):
+    return spec["loader"] in DATASETS_WITH_FILES
+
+
+def dataset_ready(wildcards):
+    """The download marker for datasets that have files; nothing for generated ones (digits, random)."""
+    return [f"results/downloads/{wildcards.dataset}.done"] if has_files(config["datasets"][wildcards.dataset]) else []
 
 
 def unit_files(wildcards):

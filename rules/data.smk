@@ -1,7 +1,29 @@
-# Datasets: stratified, seeded train/val/test split tables.
+# Datasets: files under each dataset's root (fetched or checked), then stratified, seeded splits.
+
+
+rule download:
+    output:
+        touch("results/downloads/{dataset}.done"),
+    params:
+        name=lambda wildcards: wildcards.dataset,
+        spec=dataset_spec,
+    log:
+        "logs/download/{dataset}.log",
+    benchmark:
+        "benchmarks/download/{dataset}.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/download.py"
 
 
 rule split:
+    input:
+        dataset_ready,
     output:
         "results/splits/{dataset}.parquet",
     params:

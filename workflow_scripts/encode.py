@@ -1,7 +1,6 @@
-import polars as pl
-
 from residual import load_model
 from residual.data.sources import load_source
+from residual.data.splits import read_split
 from residual.encode import encode_split
 from residual.workflow import rule_context
 
@@ -9,7 +8,7 @@ with rule_context(snakemake) as log:
     params, wildcards = snakemake.params, snakemake.wildcards
     model = load_model(params.model, name=wildcards.model, device=params.device)
     source = load_source(wildcards.dataset, params.dataset, params.seed)
-    rows = pl.read_parquet(snakemake.input.split).filter(pl.col("split") == wildcards.split)
+    rows = read_split(snakemake.input.split, wildcards.split)
     log.info("encoding %d samples of %s/%s with %s on %s", rows.height, wildcards.dataset, wildcards.split, model.name, model.device)
     result = encode_split(
         model,

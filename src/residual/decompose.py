@@ -7,7 +7,7 @@ the final norm. Head outputs are recomputed at the CLS query from the attention 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -17,12 +17,17 @@ from torch import Tensor
 from residual.models import LoadedModel
 from residual.tower import Tower, layer_scale_vector
 from residual.unit_map import UnitMap
+from residual.units import UnitLayout
 
 TOLERANCE = 1e-4
 
 
 class DecompositionError(RuntimeError):
     """sum(units) differs from the model's embedding by more than the tolerance."""
+
+
+class NonFiniteError(DecompositionError):
+    """A unit or the model's embedding holds NaN or Inf."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,55 @@ def decompose(model: LoadedModel, images: Tensor) -> Decomposition:
     Raises DecompositionError if sum(units) misses the embedding by more than 1e-4 relative.
     """
     raw = trace(model, images)
+    context = f"decompose with model {model.name!r}"
+    check_finite(raw, model.layout, range(len(images)), context)
     decomposition = Decomposition(model.layout.names, raw.values(model.unit_map), raw.embedding.float())
-    check_decomposition(decomposition.error, context=f"model {model.name!r}")
+    check_decomposition(decomposition.error, context=context)
     return decomposition
+
+
+def check_finite(raw: RawUnits, layout: UnitLayout, samples: Sequence[int], context: str) -> None:
+    """NonFiniteError naming the first unit, in forward order, that holds NaN or Inf, and its samples.
+
+    Checked on the stored form (before the final LayerNorm, which spreads one NaN to every unit).
+    raw: a batch of B samples; samples: their B ids (or batch positions).
+    """
+    bad_units = ~torch.cat(
+        [
+            torch.isfinite(raw.emb).all(dim=-1)[:, None],
+            torch.isfinite(raw.mlp).all(dim=-1),
+            torch.isfinite(raw.heads).all(dim=-1).flatten(1),
+        ],
+        dim=1,
+    )  # [B, U] in layout order
+    bad_norm = ~(torch.isfinite(raw.ln_mean) & torch.isfinite(raw.ln_std) & (raw.ln_std > 0))
+    bad_embedding = ~torch.isfinite(raw.embedding).all(dim=-1)
+    names = layout.names
+    affected = bad_units.any(dim=0).nonzero().flatten().tolist()
+    if affected:
+        first = min(affected, key=lambda index: _forward_position(layout, names[index]))
+        rows = bad_units[:, first]
+        what = f"unit {names[first]!r} (the first in forward order; {len(affected)} of {len(names)} units are affected)"
+    elif bool(bad_norm.any()):
+        rows, what = bad_norm, "the final LayerNorm's statistics (every unit is finite)"
+    elif bool(bad_embedding.any()):
+        rows, what = bad_embedding, "the model's embedding (every unit is finite)"
+    else:
+        return
+    ids = [int(samples[row]) for row in rows.nonzero().flatten().tolist()]
+    shown = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    raise NonFiniteError(
+        f"{context}: {what} holds NaN or Inf for samples {shown}. The model's weights (`pretrained`) or these "
+        "samples' inputs produce non-finite activations; fix them, or run the model in float32"
+    )
+
+
+def _forward_position(layout: UnitLayout, name: str) -> int:
+    """Where a unit is computed: emb, then per layer its heads, then its MLP."""
+    kind, layer, head = layout.parse(name)
+    if kind == "emb":
+        return 0
+    return 1 + layer * (layout.heads + 1) + (head if kind == "head" else layout.heads)
 
 
 def check_decomposition(error: float, context: str) -> None:

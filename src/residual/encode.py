@@ -11,15 +11,16 @@ from typing import Any
 
 import polars as pl
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from residual.atomic import atomic_path
 from residual.data.sources import Source, prepare
-from residual.decompose import check_decomposition, relative_error, trace
+from residual.decompose import check_decomposition, check_finite, relative_error, trace
 from residual.models import LoadedModel
-from residual.store import UnitWriter
+from residual.store import UnitFileError, UnitWriter
 from residual.unit_map import UnitMap
 
 READBACK_TOLERANCE = 1e-3
@@ -64,13 +65,19 @@ def encode_split(
 ) -> EncodeResult:
     """Decompose every image of `rows` (a split table's rows for one split) and store the units.
 
-    Fails (leaving no output) if any batch breaks the decomposition invariant, or if the stored
-    precision loses more than 1e-3 relative in output space on any unit.
+    Fails (leaving no output) if any unit of a batch holds NaN or Inf (`NonFiniteError` naming the
+    unit, the samples and the output), if any batch breaks the decomposition invariant, or if the
+    stored precision loses more than 1e-3 relative in output space on any unit.
     """
     output, unit_map_path = Path(output), Path(unit_map_path)
     # The map file is what readers will apply, so the invariant is checked through it: a map
     # written for other weights fails the check below instead of silently mis-reading later.
-    unit_map = UnitMap.load(unit_map_path)
+    try:
+        unit_map = UnitMap.load(unit_map_path)
+    except (SafetensorError, KeyError, ValueError) as error:
+        raise UnitFileError(
+            f"unit map {unit_map_path} is unreadable ({error}): delete it and rerun the unit_map rule"
+        ) from error
     digest = unit_map.digest()
     unit_map = unit_map.to(model.device)
     loader = DataLoader(
@@ -90,18 +97,20 @@ def encode_split(
     }
     with atomic_path(output) as tmp:
         writer = UnitWriter(tmp, model.layout, dtype, info, rows_per_group)
-        progress = tqdm(total=len(rows), desc=f"encode {output.parent.name}/{output.stem}", file=sys.stderr, mininterval=10, ascii=True)
-        for images, labels, sample_ids in loader:
-            raw = trace(model, images)
-            exact = raw.values(unit_map)
-            error = relative_error(exact.sum(dim=1), raw.embedding)
-            check_decomposition(error, context=f"model {model.name!r}, samples {int(sample_ids[0])}..{int(sample_ids[-1])}")
-            decomposition_error = max(decomposition_error, error)
-            stored = writer.write(raw, labels, sample_ids)
-            readback_num = torch.maximum(readback_num, (stored.values(unit_map) - exact).abs().amax(dim=(0, 2)))
-            readback_den = torch.maximum(readback_den, exact.abs().amax(dim=(0, 2)))
-            progress.update(len(labels))
-        progress.close()
+        bar = tqdm(total=len(rows), desc=f"encode {output.parent.name}/{output.stem}", file=sys.stderr, mininterval=10, ascii=True)
+        with bar as progress:  # closed on errors too, so no stale bar is printed at exit
+            for images, labels, sample_ids in loader:
+                raw = trace(model, images)
+                context = f"encode {output}: model {model.name!r}, batch of samples {int(sample_ids[0])}..{int(sample_ids[-1])}"
+                check_finite(raw, model.layout, sample_ids.tolist(), context)
+                exact = raw.values(unit_map)
+                error = relative_error(exact.sum(dim=1), raw.embedding)
+                check_decomposition(error, context=context)
+                decomposition_error = max(decomposition_error, error)
+                stored = writer.write(raw, labels, sample_ids)
+                readback_num = torch.maximum(readback_num, (stored.values(unit_map) - exact).abs().amax(dim=(0, 2)))
+                readback_den = torch.maximum(readback_den, exact.abs().amax(dim=(0, 2)))
+                progress.update(len(labels))
         readback_error = float((readback_num / readback_den.clamp_min(torch.finfo(torch.float32).tiny)).max()) if len(rows) else 0.0
         if not readback_error <= READBACK_TOLERANCE:
             raise ValueError(

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from residual.decompose import RawUnits
@@ -33,6 +34,8 @@ METADATA_KEY = b"residual"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 TARGET_PEAK_EXPONENT = 8
+# What a reader needs beyond the columns; the writer adds `samples` and `scale_exponents` on close.
+REQUIRED_METADATA = ("layout", "dtype", "units", "samples", "scale_exponents", "unit_map")
 
 
 class UnitFileError(ValueError):
@@ -85,6 +88,7 @@ class UnitWriter:
             use_dictionary=["sample_id", "label"],
             column_encoding={name: "PLAIN" for name in binary},
             write_statistics=["sample_id", "label"],
+            write_page_checksum=True,  # readers verify it: a flipped bit is an error, never a silently wrong value
         )
         self.exponents: Tensor | None = None
         self.embedding_exponent = 0
@@ -189,7 +193,7 @@ class UnitFile:
         if not self.path.is_file():
             raise UnitFileError(f"unit file {self.path} does not exist; run the encode rule that produces it")
         try:
-            self._file = pq.ParquetFile(str(self.path))
+            self._file = pq.ParquetFile(str(self.path), page_checksum_verification=True)
             raw = (self._file.metadata.metadata or {}).get(METADATA_KEY)
         except (pa.ArrowException, OSError) as error:
             raise UnitFileError(
@@ -197,11 +201,28 @@ class UnitFile:
             ) from error
         if raw is None:
             raise UnitFileError(f"{self.path} is a Parquet file without residual unit metadata (key 'residual')")
-        self.metadata: dict[str, Any] = json.loads(raw)
-        if self.metadata.get("format") != FORMAT:
-            raise UnitFileError(f"{self.path} has format {self.metadata.get('format')!r}, this reader expects {FORMAT!r}")
-        self.layout = UnitLayout(**self.metadata["layout"])
-        self.dtype = np.dtype(DTYPES[self.metadata["dtype"]])
+        try:
+            self.metadata: dict[str, Any] = json.loads(raw)
+        except ValueError as error:  # UnicodeDecodeError, JSONDecodeError
+            raise self._corrupt(error) from error
+        if not isinstance(self.metadata, dict) or self.metadata.get("format") != FORMAT:
+            found = self.metadata.get("format") if isinstance(self.metadata, dict) else self.metadata
+            raise UnitFileError(f"{self.path} has format {found!r}, this reader expects {FORMAT!r}")
+        missing = [key for key in REQUIRED_METADATA if key not in self.metadata]
+        if missing:
+            raise UnitFileError(
+                f"unit file {self.path} lacks metadata {missing}: it was not finished by the encode rule; delete it and rerun"
+            )
+        try:
+            self.layout = UnitLayout(**self.metadata["layout"])
+            self.dtype = np.dtype(DTYPES[self.metadata["dtype"]])
+        except (TypeError, KeyError) as error:
+            raise self._corrupt(error) from error
+        if self.metadata["samples"] != self._file.metadata.num_rows or self._file.schema_arrow.names != self._columns(self.names):
+            raise UnitFileError(
+                f"unit file {self.path} holds {self._file.metadata.num_rows} rows and columns that do not match its "
+                f"metadata ({self.metadata['samples']} samples of units {self.names[:3]}...): delete it and rerun the encode rule"
+            )
 
     @property
     def names(self) -> list[str]:
@@ -215,7 +236,16 @@ class UnitFile:
         return (self.path.parent / self.metadata["unit_map"]["path"]).resolve()
 
     def unit_map(self, heads: list[int] | None = None) -> UnitMap:
-        return UnitMap.load(self.map_path, expect_digest=self.metadata["unit_map"]["digest"], heads=heads)
+        """The model's unit map this file was written with (UnitFileError if it is missing, stale or corrupt)."""
+        try:
+            return UnitMap.load(self.map_path, expect_digest=self.metadata["unit_map"]["digest"], heads=heads)
+        except (SafetensorError, KeyError, json.JSONDecodeError) as error:
+            raise UnitFileError(
+                f"unit file {self.path}: its unit map {self.map_path} is unreadable ({error}): delete the map, "
+                "rerun the unit_map rule, then the encode rules that wrote this file"
+            ) from error
+        except (OSError, ValueError) as error:  # missing or stale map: UnitMap's message names it
+            raise UnitFileError(f"unit file {self.path}: {error}") from error
 
     def read(self, units: Sequence[str] | None = None) -> StoredUnits:
         """All samples of the selected units (all units if None), in output space."""

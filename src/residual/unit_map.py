@@ -91,7 +91,9 @@ class UnitMap:
     def save(self, path: str | Path) -> str:
         """Write as safetensors (atomically); returns the digest stored in its header."""
         digest = self.digest()
-        metadata = {"layout": json.dumps(self.layout.__dict__), "digest": digest}
+        # One key: safetensors writes several header keys in hash order, which would make the
+        # file's bytes differ between otherwise identical runs.
+        metadata = {"residual": json.dumps({"layout": self.layout.__dict__, "digest": digest}, sort_keys=True)}
         tensors = {
             "head_weight": self.head_weight,
             "head_bias": self.head_bias,
@@ -112,13 +114,13 @@ class UnitMap:
         if not path.is_file():
             raise FileNotFoundError(f"unit map {path} not found: rerun the `unit_map` rule for this model")
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+            metadata = json.loads((handle.metadata() or {}).get("residual", "{}"))
             if expect_digest is not None and metadata.get("digest") != expect_digest:
                 raise ValueError(
                     f"unit map {path} (digest {metadata.get('digest')}) does not match the unit file "
                     f"(expects {expect_digest}): the model changed since encoding; rerun the encode rule"
                 )
-            layout = UnitLayout(**json.loads(metadata["layout"]))
+            layout = UnitLayout(**metadata["layout"])
             if heads is None:
                 weight, bias = handle.get_tensor("head_weight"), handle.get_tensor("head_bias")
             else:

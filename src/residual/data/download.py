@@ -32,6 +32,7 @@ def download(
 ) -> None:
     """Make sure the files of dataset `name` (config entry `spec`) are under `root`.
 
+    `spec['download']: false` never fetches: missing files are then an error naming what to place.
     A no-op when every file the loader needs is present (checked before any network access) and
     for loaders that need no files (digits, random). Otherwise fetches them, retrying up to
     `attempts` times with exponential backoff (`backoff_s`, then twice that, ...). Raises
@@ -48,8 +49,8 @@ def download(
     entry, root = DATASETS[loader], Path(root)
     if not entry.missing(root):
         return
-    if entry.fetch is None:
-        entry.check(name, root)  # raises: files are missing and only the user can supply them
+    if entry.fetch is None or not spec.get("download", True):
+        entry.check(name, root)  # raises: files are missing and the config does not (or cannot) fetch them
         return
     for attempt in range(1, attempts + 1):
         try:

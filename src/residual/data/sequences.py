@@ -102,5 +102,26 @@ class LabelledImages:
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        image, _ = self.dataset[index]
-        return image.convert("RGB"), self.targets[index]
+        try:
+            image, _ = self.dataset[index]
+            return image.convert("RGB"), self.targets[index]
+        except OSError as error:  # PIL: unidentified or truncated image files
+            raise DatasetError(
+                f"{_describe(self.dataset, index)} cannot be decoded ({error}); replace it with an intact copy "
+                "(removing it would renumber the samples after it)"
+            ) from error
+
+
+def _describe(dataset: Any, index: int) -> str:
+    """The image file behind item `index` of a torchvision dataset (through Subset and ConcatDataset), if it has one."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return _describe(dataset.dataset, int(dataset.indices[index]))
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        part = int(np.searchsorted(dataset.cumulative_sizes, index, side="right"))
+        return _describe(dataset.datasets[part], index - (dataset.cumulative_sizes[part - 1] if part else 0))
+    for attribute in ("samples", "_samples", "_image_files"):  # ImageFolder; GTSRB, StanfordCars; DTD, SUN397
+        files = getattr(dataset, attribute, None)
+        if files is not None:
+            entry = files[index]
+            return f"image file {entry[0] if isinstance(entry, tuple) else entry}"
+    return f"item {index} of {type(dataset).__name__}"

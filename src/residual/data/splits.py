@@ -10,6 +10,7 @@ Rules (the `split:` entry of a dataset):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,26 @@ from sklearn.model_selection import train_test_split
 from residual.data.sources import DatasetError, Source
 
 SPLITS = ("train", "val", "test")
+COLUMNS = ("sample_id", "part", "index", "label", "split")
+
+
+def read_split(path: str | Path, split: str) -> pl.DataFrame:
+    """The rows of `split` in a split table file; DatasetError naming the file if it is unreadable,
+    is not a split table or has no rows for `split`."""
+    try:
+        table = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise DatasetError(f"split table {path} is unreadable ({error}): delete it and rerun the split rule") from error
+    missing = [column for column in COLUMNS if column not in table.columns]
+    if missing:
+        raise DatasetError(f"split table {path} lacks columns {missing}: delete it and rerun the split rule")
+    rows = table.filter(pl.col("split") == split)
+    if rows.height == 0:
+        raise DatasetError(
+            f"split table {path} has no rows for split {split!r}: delete it and rerun the split rule "
+            "(it refuses to write empty splits; a dataset too small for its split rule fails there)"
+        )
+    return rows
 
 
 def split_table(source: Source, rule: Mapping[str, Any], seed: int, dataset: str = "") -> pl.DataFrame:
@@ -81,16 +102,23 @@ def _stratified(frame: pl.DataFrame, fraction: float, seed: int, dataset: str) -
     """Split rows into (1 - fraction, fraction), stratified by label."""
     if not 0.0 < fraction < 1.0:
         raise DatasetError(f"dataset {dataset!r}: split fraction {fraction} must lie strictly between 0 and 1")
-    keep, held = train_test_split(
-        np.arange(frame.height), test_size=fraction, random_state=seed, stratify=_stratify_on(frame)
-    )
+    keep, held = _split(frame, dataset, test_size=fraction, random_state=seed, stratify=_stratify_on(frame))
     return frame[np.sort(keep)], frame[np.sort(held)]
 
 
 def _subset(frame: pl.DataFrame, size: int | None, seed: int, dataset: str) -> pl.DataFrame:
     if size is None or size >= frame.height:
         return frame
-    keep, _ = train_test_split(
-        np.arange(frame.height), train_size=int(size), random_state=seed, stratify=_stratify_on(frame)
-    )
+    keep, _ = _split(frame, dataset, train_size=int(size), random_state=seed, stratify=_stratify_on(frame))
     return frame[np.sort(keep)]
+
+
+def _split(frame: pl.DataFrame, dataset: str, **options: Any) -> list[np.ndarray]:
+    """scikit-learn's train_test_split of the row numbers, its complaints about sizes as DatasetError."""
+    try:
+        return train_test_split(np.arange(frame.height), **options)
+    except ValueError as error:  # an empty side, or fewer held-out samples than classes
+        raise DatasetError(
+            f"dataset {dataset!r}: {frame.height} samples of {frame['label'].n_unique()} classes cannot be split so "
+            f"({error}); too few samples for the split rule: use more (`subset`, `size`) or change `val`/`test`"
+        ) from error

@@ -72,7 +72,7 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
     if not isinstance(spec.get("arch"), str):
         raise ModelSpecError(f"model {name!r}: `arch` must name the library's architecture, got {spec.get('arch')!r}")
     pretrained = spec.get("pretrained")
-    if library != "transformers" and isinstance(pretrained, str) and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+    if library != "transformers" and isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file():
         raise ModelSpecError(
             f"model {name or spec['arch']!r}: checkpoint {pretrained!r} does not exist; fix `pretrained` or use null for random init"
         )
@@ -84,19 +84,21 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
         from residual.models import blip_tower as adapter
     else:
         from residual.models import timm_tower as adapter
+    label = name or spec["arch"]
     try:
         module, preprocess, input_size, extras = adapter.create(spec)
-    except RuntimeError as error:
-        if any(text in str(error) for text in ("size mismatch", "Missing key", "Unexpected key")):
-            raise ModelSpecError(
-                f"model {name or spec['arch']!r}: checkpoint {pretrained!r} does not fit architecture "
-                f"{spec['arch']!r}: {error}"
-            ) from error
+    except (ModelSpecError, UnsupportedModelError):
         raise
+    except Exception as error:
+        wrapped = _creation_error(label, spec, error)
+        if wrapped is None:
+            raise
+        raise wrapped from error
+    _check_finite(label, spec, module)
     module.eval().float().to(target)
     tower = adapter.tower(module)
     return LoadedModel(
-        name=name or spec["arch"],
+        name=label,
         spec=spec,
         module=module,
         preprocess=preprocess,
@@ -107,5 +109,49 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
     )
 
 
-def _looks_like_path(value: str) -> bool:
+def _creation_error(label: str, spec: Mapping[str, Any], error: Exception) -> ModelSpecError | None:
+    """The library's error while building a model, as a ModelSpecError naming the entry and the fix;
+    None for errors that are not the config's fault (out of memory, bugs)."""
+    library, arch, pretrained, kwargs = spec["library"], spec["arch"], spec.get("pretrained"), spec.get("kwargs", {})
+    cause = f"{type(error).__name__}: {error}"
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return None
+    shapes = isinstance(error, RuntimeError) and any(text in str(error) for text in ("size mismatch", "Missing key", "Unexpected key"))
+    if isinstance(pretrained, str) and Path(pretrained).is_file():
+        if shapes:
+            return ModelSpecError(
+                f"model {label!r}: checkpoint {pretrained} does not fit {library} {arch!r} with kwargs {kwargs}: {cause}. "
+                "It was saved from another architecture or kwargs: fix `arch`/`kwargs` to match it"
+            )
+        return ModelSpecError(
+            f"model {label!r}: checkpoint {pretrained} cannot be read as {library} {arch!r} weights: {cause}. "
+            "The file is truncated or corrupt, or not a state dict: re-export or re-download it"
+        )
+    if shapes:
+        return ModelSpecError(f"model {label!r}: pretrained {pretrained!r} does not fit {library} {arch!r} with kwargs {kwargs}: {cause}")
+    if isinstance(error, TypeError):
+        return ModelSpecError(f"model {label!r}: {library} rejects `kwargs` {kwargs} for {arch!r}: {cause}; fix `kwargs`")
+    if isinstance(error, (ValueError, KeyError)):
+        return ModelSpecError(f"model {label!r}: {library} cannot build {arch!r} with pretrained {pretrained!r}: {cause}")
+    if isinstance(error, OSError):
+        return ModelSpecError(
+            f"model {label!r}: {library} could not get weights {pretrained!r} for {arch!r}: {cause}. Tags are downloaded "
+            "on first use: give this machine network access once, or fill the library's cache (HF_HOME) where there is "
+            "network, or point `pretrained` to a local checkpoint file"
+        )
+    return None
+
+
+def _check_finite(label: str, spec: Mapping[str, Any], module: nn.Module) -> None:
+    """ModelSpecError naming the first parameter holding NaN or Inf (a corrupt checkpoint decomposes into garbage)."""
+    for parameter_name, parameter in module.named_parameters():
+        if parameter.is_floating_point() and not bool(torch.isfinite(parameter).all()):
+            raise ModelSpecError(
+                f"model {label!r}: parameter {parameter_name!r} holds NaN or Inf after loading weights "
+                f"{spec.get('pretrained')!r}; the checkpoint is corrupt: re-export or re-download it"
+            )
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether `pretrained` names a checkpoint file (by suffix or a '/') rather than a library's tag."""
     return any(value.endswith(suffix) for suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt")) or "/" in value

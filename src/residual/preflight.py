@@ -1,0 +1,189 @@
+"""Check a validated config against this machine before any job runs, without touching the network.
+
+Two kinds of problem, both reported all at once with the config key, the value and what to do:
+
+- `check_config`: mistakes in the config itself (an architecture or pretrained tag the library
+  does not know, a checkpoint file that does not exist, an unknown loader, a dataset without a
+  root). Always fatal: `rules/common.smk` calls it right after `validate_config`, so even
+  `snakemake -n` stops on them.
+- `missing_inputs` / `require_inputs`: files a real run needs that are not here and that no rule
+  can fetch (a user-supplied dataset such as ImageNet, a dataset with `download: false`, a
+  Hugging Face checkpoint absent from the local cache). Data legitimately lives elsewhere when a
+  run is planned, so a dry run only warns; a real run stops before its first job (`onstart`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from residual.config import ConfigError, active_models
+from residual.data.catalog import DATASETS
+from residual.data.sources import LOADERS
+from residual.models import looks_like_path
+
+BLIP_CLASS = "BlipForImageTextRetrieval"  # residual.models.blip_tower.ARCH, kept here to avoid importing transformers
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class PreflightError(ConfigError):
+    """The config names something missing or unknown on this machine; the message lists every problem."""
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise PreflightError listing every static problem of a validated config (models run by this config, all datasets)."""
+    problems = [
+        *(problem for name in active_models(config) for problem in _model_problems(name, config["models"][name])),
+        *(problem for name, spec in config["datasets"].items() for problem in _dataset_problems(name, spec)),
+    ]
+    _raise(problems, "the config names things that do not exist")
+
+
+def missing_inputs(
+    config: Mapping[str, Any], datasets: Collection[str] | None = None, models: Collection[str] | None = None
+) -> list[str]:
+    """What a real run needs but cannot get: one message per dataset or model, naming the key, path and fix.
+
+    datasets, models: only these (e.g. those with pending jobs); None means every dataset and every
+    model this config runs. Relative dataset roots are taken from the current directory (Snakemake's
+    working directory).
+    """
+    dataset_names = config["datasets"] if datasets is None else [name for name in config["datasets"] if name in datasets]
+    model_names = [name for name in active_models(config) if models is None or name in models]
+    return [
+        *(message for name in dataset_names if (message := _missing_dataset(name, config["datasets"][name]))),
+        *(message for name in model_names if (message := _missing_model(name, config["models"][name]))),
+    ]
+
+
+def require_inputs(
+    config: Mapping[str, Any], datasets: Collection[str] | None = None, models: Collection[str] | None = None
+) -> None:
+    """Raise PreflightError unless `missing_inputs` is empty."""
+    _raise(missing_inputs(config, datasets, models), "inputs are missing; no job was started")
+
+
+def _model_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
+    """Static problems of one `models:` entry: architecture, pretrained tag or file."""
+    key, library, arch, pretrained = f"models.{name}", spec["library"], spec["arch"], spec.get("pretrained")
+    if library == "transformers":
+        return _transformers_problems(key, arch, pretrained, spec.get("kwargs") or {})
+    if isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file():
+        return [f"{key}.pretrained: checkpoint file {pretrained!r} does not exist; fix the path, or use null for random init"]
+    if library == "open_clip":
+        return _open_clip_problems(key, arch, pretrained)
+    return _timm_problems(key, arch, pretrained)
+
+
+def _dataset_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
+    """Static problems of one `datasets:` entry: loader, root, size and split fractions."""
+    key, loader, problems = f"datasets.{name}", spec["loader"], []
+    if loader not in LOADERS:
+        return [f"{key}.loader: unknown loader {loader!r}{_suggest(loader, LOADERS)}; known loaders: {sorted(LOADERS)}"]
+    if loader in DATASETS and not spec.get("root"):
+        problems.append(
+            f"{key}.root: loader {loader!r} reads files, so `root` must name the folder that holds (or will hold) them"
+        )
+    if "size" in spec and loader != "random":
+        problems.append(f"{key}.size: only the 'random' loader takes a size; remove it (use split.subset to subsample)")
+    split = spec["split"]
+    if split["rule"] == "resplit" and split["val"] + split["test"] >= 1:
+        problems.append(
+            f"{key}.split: val {split['val']} + test {split['test']} leaves nothing for train; their sum must be below 1"
+        )
+    return problems
+
+
+def _open_clip_problems(key: str, arch: str, pretrained: str | None) -> list[str]:
+    import open_clip
+
+    architectures = open_clip.list_models()
+    if arch not in architectures:
+        return [f"{key}.arch: open_clip has no architecture {arch!r}{_suggest(arch, architectures)}; open_clip.list_models() lists them"]
+    if pretrained is not None and not looks_like_path(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            return [
+                f"{key}.pretrained: open_clip has no weights {pretrained!r} for {arch!r}; its tags are {tags}, "
+                "or give a checkpoint file, or null for random init"
+            ]
+    return []
+
+
+def _timm_problems(key: str, arch: str, pretrained: str | None) -> list[str]:
+    import timm
+
+    base = arch.split(".")[0]
+    if not timm.is_model(base):
+        return [f"{key}.arch: timm has no architecture {arch!r}{_suggest(base, timm.list_models())}; timm.list_models() lists them"]
+    if pretrained is not None and not looks_like_path(pretrained):
+        tags = [name.split(".", 1)[1] for name in timm.list_pretrained(f"{base}.*")]
+        if pretrained not in tags:
+            return [
+                f"{key}.pretrained: timm has no weights {pretrained!r} for {base!r}; its tags are {tags}, "
+                "or give a checkpoint file, or null for random init"
+            ]
+    return []
+
+
+def _transformers_problems(key: str, arch: str, pretrained: str | None, kwargs: Mapping[str, Any]) -> list[str]:
+    problems = []
+    if arch != BLIP_CLASS and not Path(arch).is_dir() and not HF_ID.match(arch):
+        problems.append(
+            f"{key}.arch: {arch!r} is neither {BLIP_CLASS!r}, a checkpoint directory nor a Hugging Face model id (owner/name)"
+        )
+    if kwargs and arch != BLIP_CLASS:
+        problems.append(f"{key}.kwargs: only arch {BLIP_CLASS!r} takes kwargs (a checkpoint brings its own config); remove them")
+    if pretrained is not None and not Path(pretrained).exists() and not HF_ID.match(pretrained):
+        problems.append(
+            f"{key}.pretrained: {pretrained!r} is neither a weights file, a checkpoint directory nor a Hugging Face model id"
+        )
+    return problems
+
+
+def _missing_dataset(name: str, spec: Mapping[str, Any]) -> str | None:
+    entry = DATASETS.get(spec["loader"])
+    if entry is None or not spec.get("root"):  # generated in memory (digits, random), or a static problem
+        return None
+    root = Path(spec["root"])
+    missing = entry.missing(root)
+    if not missing:
+        return None
+    where = f"datasets.{name}: {root.resolve()} lacks {', '.join(missing)}"
+    if entry.fetch is None:
+        return f"{where}. {entry.origin}"
+    if not spec["download"]:
+        return f"{where}. Set `download: true` to fetch them in the download step, or place them there by hand."
+    return None
+
+
+def _missing_model(name: str, spec: Mapping[str, Any]) -> str | None:
+    """Hugging Face ids must already be in the local cache: the BLIP adapter never contacts the hub."""
+    if spec["library"] != "transformers":
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for field in ("arch", "pretrained"):
+        source = spec.get(field)
+        if source and not Path(source).exists() and HF_ID.match(source):
+            if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+                return (
+                    f"models.{name}.{field}: {source!r} is not in the local Hugging Face cache. Download it once "
+                    f"where there is network (`hf download {source}`) into the HF_HOME this machine uses, "
+                    "or point to a local checkpoint directory"
+                )
+    return None
+
+
+def _suggest(value: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(value, list(known), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _raise(problems: list[str], summary: str) -> None:
+    if problems:
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        raise PreflightError(f"config: {summary} ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{listing}")

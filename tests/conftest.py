@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny model specs and a way to make random-init models sensitive to every term."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_OPEN_CLIP = {
+    "library": "open_clip",
+    "arch": "ViT-B-32",
+    "pretrained": None,
+    "kwargs": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+}
+TINY_TIMM = {
+    "library": "timm",
+    "arch": "vit_small_patch16_224",
+    "pretrained": None,
+    "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3},
+}
+TINY_DINOV2 = {
+    "library": "timm",
+    "arch": "vit_small_patch14_reg4_dinov2",
+    "pretrained": None,
+    "kwargs": {"img_size": 28, "depth": 2, "embed_dim": 48, "num_heads": 3},
+}
+
+
+def perturb(module: nn.Module, seed: int = 0) -> None:
+    """Random-init models have LayerNorm gamma = 1, beta = 0, zero biases and 1e-5 layer scales,
+    which would let a decomposition that ignores those terms pass. Give every 1-D parameter
+    (norm affines, biases, layer scales, class/position tokens) a random O(1) value."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if parameter.ndim == 1 or "token" in name or "embedding" in name or "pos_embed" in name:
+                noise = torch.randn(parameter.shape, generator=generator).to(parameter)
+                parameter.copy_(0.5 * noise + (1.0 if name.endswith(("weight", "gamma")) and parameter.ndim == 1 else 0.0))
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    """A fixed batch of 3 preprocessed-looking images at 32x32 (tiny models)."""
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))

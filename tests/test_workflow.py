@@ -1,0 +1,87 @@
+"""The Snakemake workflow: lint, the paper's and the demo's DAGs, and one end-to-end run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from conftest import REPO
+
+from residual import read_units
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, timeout=1200, cwd=workdir
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output[output.index("job "):].split("\n\n")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "configs/demo.yaml", "tests/configs/tiny.yaml"])
+def test_lint_is_clean(tmp_path, config: str) -> None:
+    run = snakemake(tmp_path, "--configfile", str(REPO / config), "--lint")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Congratulations, your workflow is in a good condition" in run.stdout + run.stderr
+
+
+def test_paper_dag_plans_without_network(tmp_path) -> None:
+    """config.yaml: 5 ViT-L models x 14 datasets x 3 splits, 13 datasets with files to fetch or check."""
+    run = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "-n", "--quiet", "rules")
+    assert run.returncode == 0, run.stderr
+    assert job_counts(run.stdout) == {
+        "download": 13,
+        "split": 14,
+        "unit_map": 5,
+        "encode": 5 * 14 * 3,
+        "decomposition_table": 1,
+        "all": 1,
+    }
+
+
+def test_paper_dag_with_appendix_models(tmp_path) -> None:
+    run = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "--config", "appendix_models=True", "-n", "--quiet", "rules")
+    assert run.returncode == 0, run.stderr
+    assert job_counts(run.stdout)["encode"] == 7 * 14 * 3
+
+
+def test_demo_dag(tmp_path) -> None:
+    run = snakemake(tmp_path, "--configfile", str(REPO / "configs/demo.yaml"), "-n", "--quiet", "rules")
+    assert run.returncode == 0, run.stderr
+    assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, "encode": 12, "decomposition_table": 1, "all": 1}
+
+
+def test_tiny_config_end_to_end(tmp_path) -> None:
+    config = str(REPO / "tests/configs/tiny.yaml")
+    run = snakemake(tmp_path, "--configfile", config, "--cores", "2")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "results/tables/decomposition.md" in run.stdout + run.stderr
+
+    table = pl.read_parquet(tmp_path / "results/tables/decomposition.parquet")
+    assert table.height == 2 * 2 * 3
+    assert set(table["model"]) == {"clip_tiny", "dino_tiny"}
+    assert table["max_rel_error"].max() <= 1e-4
+    assert table["readback_rel_error"].max() <= 1e-3
+    assert table.filter(pl.col("dataset") == "digits")["samples"].sum() == 300
+    markdown = (tmp_path / "results/tables/decomposition.md").read_text()
+    assert "not the paper's" in markdown
+
+    units = read_units(tmp_path / "results/units/dino_tiny/random/train.parquet")
+    assert units.values.shape[1] == 1 + 2 + 2 * 3
+    error = (units.values.sum(dim=1) - units.embedding).abs().max() / units.embedding.abs().max()
+    assert float(error) <= 2e-3
+    splits = pl.read_parquet(tmp_path / "results/splits/random.parquet")
+    assert torch.equal(units.sample_ids, torch.tensor(splits.filter(pl.col("split") == "train")["sample_id"].to_list()))
+
+    again = snakemake(tmp_path, "--configfile", config, "--cores", "2", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
