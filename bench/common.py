@@ -20,7 +20,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, arch: str, library: str = "open_clip") -> None:
-    """--library/--arch/--kwargs/--pretrained/--device/--threads, shared by every benchmark."""
+    """--library/--arch/--kwargs/--pretrained/--device/--threads/--name/--out-dir, shared by every benchmark."""
     parser.add_argument("--library", default=library, choices=("open_clip", "timm", "transformers"))
     parser.add_argument("--arch", default=arch, help="the library's architecture name")
     parser.add_argument("--kwargs", type=json.loads, default={}, help='JSON constructor kwargs, e.g. \'{"img_size": 224}\'')

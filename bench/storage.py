@@ -43,7 +43,13 @@ def random_split(samples: int, seed: int) -> tuple[Source, pl.DataFrame]:
     source = Source({"all": NoiseImages(samples, seed)}, ["random"])
     index = np.arange(samples, dtype=np.int64)
     rows = pl.DataFrame(
-        {"sample_id": index, "part": ["all"] * samples, "index": index, "label": np.zeros(samples, np.int64), "split": ["test"] * samples}
+        {
+            "sample_id": index,
+            "part": ["all"] * samples,
+            "index": index,
+            "label": np.zeros(samples, np.int64),
+            "split": ["test"] * samples,
+        }
     )
     return source, rows
 
@@ -113,14 +119,15 @@ def main() -> None:
             error, worst = readback_error(stored.values, exact)
             metadata = UnitFile(path).metadata
             size, footer = path.stat().st_size, footer_bytes(path)
-            itemsize = np.dtype(dtype).itemsize
+            values = layout.layers * layout.heads * layout.head_dim + (layout.layers + 2) * layout.out_dim
             results[dtype] = {
                 "file_bytes": size,
                 "footer_bytes": footer,
                 "residual_metadata_bytes": len(json.dumps(metadata, sort_keys=True)),
                 "bytes_per_sample": size / args.samples,
                 "bytes_per_sample_without_footer": (size - footer) / args.samples,
-                "payload_bytes_per_sample": itemsize * (layout.layers * layout.heads * layout.head_dim + (layout.layers + 2) * layout.out_dim) + 24,
+                # units + embedding in `dtype`; sample_id and label (int64), ln_mean and ln_std (float32)
+                "payload_bytes_per_sample": np.dtype(dtype).itemsize * values + 24,
                 "ratio": size / args.samples / authors,
                 "ratio_without_footer": (size - footer) / args.samples / authors,
                 "readback_error": error,
@@ -156,7 +163,16 @@ def main() -> None:
             "",
             table(
                 rows_out,
-                ["dtype", "B/sample (file/n)", "B/sample w/o footer", "payload B/sample", "footer B", "x authors", "read-back err", f"err <= {READBACK_TARGET:g}"],
+                [
+                    "dtype",
+                    "B/sample (file/n)",
+                    "B/sample w/o footer",
+                    "payload B/sample",
+                    "footer B",
+                    "x authors",
+                    "read-back err",
+                    f"err <= {READBACK_TARGET:g}",
+                ],
             ),
             "",
             f"headline dtype: {headline_dtype}; B/sample counts the whole file, footer included "
