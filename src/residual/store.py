@@ -107,17 +107,18 @@ class UnitWriter:
         mlp = self._stored(raw.mlp, exponents[1 : 1 + layers, None])
         heads = self._stored(raw.heads, exponents[1 + layers :].reshape(layers, -1, 1))
         embedding = self._stored(raw.embedding, torch.tensor(self.embedding_exponent))
+        # One device-to-host copy per tensor, then every unit column is a view of host memory.
+        host_mlp, host_heads = mlp.cpu().numpy(), heads.reshape(batch, -1, self.layout.head_dim).cpu().numpy()
         columns = [
             pa.array(sample_ids.cpu().numpy().astype(np.int64)),
             pa.array(labels.cpu().numpy().astype(np.int64)),
             pa.array(raw.ln_mean.float().cpu().numpy()),
             pa.array(raw.ln_std.float().cpu().numpy()),
-            self._binary(embedding),
-            self._binary(emb),
+            self._binary(embedding.cpu().numpy()),
+            self._binary(emb.cpu().numpy()),
         ]
-        columns += [self._binary(mlp[:, layer]) for layer in range(layers)]
-        flat_heads = heads.reshape(batch, -1, self.layout.head_dim)
-        columns += [self._binary(flat_heads[:, index]) for index in range(flat_heads.shape[1])]
+        columns += [self._binary(host_mlp[:, layer]) for layer in range(layers)]
+        columns += [self._binary(host_heads[:, index]) for index in range(host_heads.shape[1])]
         self._pending.append(pa.RecordBatch.from_arrays(columns, schema=self.schema))
         self._pending_rows += batch
         self.rows += batch
@@ -160,9 +161,9 @@ class UnitWriter:
     def _restored(stored: Tensor, exponent: Tensor) -> Tensor:
         return torch.ldexp(stored.float(), -exponent.to(stored.device).float())
 
-    def _binary(self, values: Tensor) -> pa.Array:
-        """[B, k] -> fixed-size binary array of B rows (the raw little-endian bytes)."""
-        array = np.ascontiguousarray(values.detach().cpu().numpy())
+    def _binary(self, values: np.ndarray) -> pa.Array:
+        """[B, k] host values in the storage dtype -> fixed-size binary array of B rows (raw little-endian bytes)."""
+        array = np.ascontiguousarray(values)
         width = array.shape[1] * self.dtype.itemsize
         return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(array), [None, pa.py_buffer(array.tobytes())])
 
