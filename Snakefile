@@ -2,14 +2,23 @@
 #   snakemake --cores all                                  (the paper's run, config.yaml)
 #   snakemake --cores 2 --configfile configs/demo.yaml     (offline demo)
 #   snakemake --profile profiles/slurm                     (cluster)
+import os
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
+# Jobs import the `residual` package from this checkout, whether or not it is installed in the
+# job's environment (e.g. the conda env of envs/residual.yaml holds only the dependencies).
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])))
 
-if not config:
 
-    configfile: "config.yaml"
+# config.yaml is the default; a --configfile replaces it (instead of being merged into the paper's
+# model and dataset lists), while --config key=value still edits whichever config is in use.
+if not workflow.overwrite_configfiles:
+
+    configfile: str(Path(workflow.basedir) / "config.yaml")
 
 
 include: "rules/common.smk"

@@ -9,12 +9,13 @@ import platform
 import shlex
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 from tabulate import tabulate
+
+from residual.encode import library_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,18 +52,12 @@ def synchronize(device: torch.device) -> None:
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
     """What a timing depends on: interpreter, libraries, device, threads and the machine's load now."""
-    versions = {}
-    for package in ("torch", "open_clip_torch", "timm", "transformers", "pyarrow"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            continue
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "command": shlex.join(sys.orig_argv),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": versions,
+        "versions": library_versions(),
         "device": str(device),
         "device_name": name,
         "threads": threads,

@@ -43,6 +43,14 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
+def local_weights(wildcards):
+    """A model's local checkpoint files or folders (`pretrained`; for transformers also `arch`), so
+    that replacing them reruns what depends on them."""
+    spec = config["models"][wildcards.model]
+    candidates = [spec["pretrained"], spec["arch"] if spec["library"] == "transformers" else None]
+    return [path for path in candidates if path and Path(path).exists()]
+
+
 def dataset_spec(wildcards):
     return config["datasets"][wildcards.dataset]
 

@@ -2,6 +2,8 @@
 
 
 rule unit_map:
+    input:
+        local_weights,
     output:
         "results/units/{model}/unit_map.safetensors",
     params:
@@ -11,6 +13,9 @@ rule unit_map:
         "logs/unit_map/{model}.log",
     benchmark:
         "benchmarks/unit_map/{model}.tsv"
+    # Local: it is the first job to load each model, so tagged weights are fetched into the shared
+    # cache where there is network (cluster compute nodes often have none).
+    localrule: True
     threads: 2
     resources:
         mem_mb=ENCODE["mem_mb"],
@@ -24,6 +29,7 @@ rule encode:
     input:
         split="results/splits/{dataset}.parquet",
         unit_map="results/units/{model}/unit_map.safetensors",
+        weights=local_weights,
     output:
         "results/units/{model}/{dataset}/{split}.parquet",
     params:
@@ -33,8 +39,6 @@ rule encode:
         dtype=ENCODE["dtype"],
         batch_size=ENCODE["batch_size"],
         rows_per_group=ENCODE["rows_per_group"],
-        device=ENCODE["device"],
-        workers=ENCODE["workers"],
     log:
         "logs/encode/{model}/{dataset}/{split}.log",
     benchmark:

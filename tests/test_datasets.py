@@ -123,9 +123,9 @@ def expected_sizes(counts: dict[str, list[int]], rule: dict[str, Any]) -> dict[s
         val = math.ceil(rule["val"] * pool)
         return {"train": pool - val, "val": val, "test": sum(counts["test"])}
     pool = sum(counts["all"])
-    test = math.ceil(rule["test"] * pool)
-    val = math.ceil(rule["val"] / (1 - rule["test"]) * (pool - test))
-    return {"train": pool - test - val, "val": val, "test": test}
+    held = math.ceil((rule["val"] + rule["test"]) * pool)  # val + test held out together, then halved
+    test = math.ceil(rule["test"] / (rule["val"] + rule["test"]) * held)
+    return {"train": pool - held, "val": held - test, "test": test}
 
 
 def check_split(table: pl.DataFrame, counts: dict[str, list[int]], rule: dict[str, Any]) -> None:

@@ -158,3 +158,17 @@ def test_invariant_violation_is_reported() -> None:
         check_decomposition(1e-2, context="model 'x'")
     with pytest.raises(DecompositionError):
         check_decomposition(float("nan"), context="model 'x'")
+
+
+def test_sequence_first_blocks(images: torch.Tensor) -> None:
+    """open_clip can run its blocks on [N, B, D] while ln_pre/ln_post still see [B, N, D]."""
+    from residual.models import openclip_tower
+
+    model = load_model(TINY_OPEN_CLIP, device="cpu")
+    perturb(model.module)
+    model.module.visual.transformer.batch_first = False
+    for block in model.module.visual.transformer.resblocks:
+        block.attn.batch_first = False
+    model.tower = openclip_tower.tower(model.module)
+    assert not model.tower.batch_first
+    assert decompose(model, images).error <= TOLERANCE

@@ -50,7 +50,8 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
 
 
 def test_paper_dag_with_appendix_models(tmp_path) -> None:
-    run = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "--config", "appendix_models=True", "-n", "--quiet", "rules")
+    """The README's command: no --configfile (config.yaml is the default), one key changed with --config."""
+    run = snakemake(tmp_path, "--config", "appendix_models=True", "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
     assert job_counts(run.stdout)["encode"] == 7 * 14 * 3
 
@@ -85,3 +86,15 @@ def test_tiny_config_end_to_end(tmp_path) -> None:
 
     again = snakemake(tmp_path, "--configfile", config, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_conda_env_lists_the_package_dependencies() -> None:
+    """envs/residual.yaml (for `--software-deployment-method conda`) must not drift from pyproject.toml."""
+    import tomllib
+
+    import yaml
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    environment = yaml.safe_load((REPO / "envs/residual.yaml").read_text())
+    pip = next(entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict))
+    assert sorted(pip) == sorted(declared)

@@ -6,7 +6,9 @@ from residual.workflow import rule_context
 
 with rule_context(snakemake) as log:
     params, wildcards = snakemake.params, snakemake.wildcards
-    model = load_model(params.model, name=wildcards.model, device=params.device)
+    # Where and how fast it runs changes no output, so these are not params (which trigger reruns).
+    device, workers = snakemake.config["encode"]["device"], snakemake.config["encode"]["workers"]
+    model = load_model(params.model, name=wildcards.model, device=device)
     source = load_source(wildcards.dataset, params.dataset, params.seed)
     rows = read_split(snakemake.input.split, wildcards.split)
     log.info("encoding %d samples of %s/%s with %s on %s", rows.height, wildcards.dataset, wildcards.split, model.name, model.device)
@@ -18,7 +20,7 @@ with rule_context(snakemake) as log:
         snakemake.input.unit_map,
         dtype=params.dtype,
         batch_size=params.batch_size,
-        workers=params.workers,
+        workers=workers,
         rows_per_group=params.rows_per_group,
         metadata={"dataset": wildcards.dataset, "split": wildcards.split, "dataset_spec": params.dataset},
     )

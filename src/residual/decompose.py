@@ -7,15 +7,15 @@ the final norm. Head outputs are recomputed at the CLS query from the attention 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from residual.models import LoadedModel
-from residual.tower import Tower, layer_scale_vector
+from residual.tower import Block, Tower, layer_scale_vector
 from residual.unit_map import UnitMap
 from residual.units import UnitLayout
 
@@ -175,31 +175,31 @@ def _recorded(tower: Tower) -> Iterator[dict]:
     record: dict = {"heads": [], "mlp": []}
 
     def cls(x: Tensor) -> Tensor:
-        if x.ndim == 2:  # already pooled
-            return x
-        return x[:, 0] if tower.batch_first else x[0]
+        """CLS row of a [B, N, D] tensor outside the blocks (already [B, D] after pooling)."""
+        return x if x.ndim == 2 else x[:, 0]
 
-    def tokens(x: Tensor) -> Tensor:
+    def block_tokens(x: Tensor) -> Tensor:
+        """[B, N, D] from a tensor inside the blocks, which see [N, B, D] unless batch_first."""
         return x if tower.batch_first else x.transpose(0, 1)
 
-    def on_embed(module, args, output):
+    def on_embed(module: nn.Module, args: tuple, output: Tensor) -> None:
         record["embed"] = cls(output).float()
 
-    def on_final(module, args):
+    def on_final(module: nn.Module, args: tuple) -> None:
         record["final"] = cls(args[0]).float()
 
-    def on_attention(block):
-        def hook(module, args, kwargs):
+    def on_attention(block: Block) -> Callable[[nn.Module, tuple, dict], None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             mask = kwargs.get("attn_mask", kwargs.get("attention_mask", args[3] if len(args) > 3 else None))
             if mask is not None or kwargs.get("is_causal", False):
                 raise NotImplementedError("attention masks are not supported in the vision tower")
             x = args[0] if args else kwargs["hidden_states"]  # transformers passes the input by keyword
-            record["heads"].append(block.attention.cls_head_outputs(tokens(x).float()))
+            record["heads"].append(block.attention.cls_head_outputs(block_tokens(x).float()))
 
         return hook
 
-    def on_mlp(module, args, output):
-        record["mlp"].append(cls(output).float())
+    def on_mlp(module: nn.Module, args: tuple, output: Tensor) -> None:
+        record["mlp"].append(block_tokens(output)[:, 0].float())
 
     handles = [
         tower.embed.register_forward_hook(on_embed),

@@ -169,6 +169,17 @@ class Tower:
     def heads(self) -> int:
         return self.blocks[0].attention.heads
 
+    def projection(self) -> Tensor:
+        """P [D, d_out] in float32 (the identity when the model has no output projection)."""
+        gamma = self.final_norm.weight
+        if self.proj is None:
+            return torch.eye(self.width, device=gamma.device)
+        return self.proj.detach().float()
+
+    def output_factor(self) -> Tensor:
+        """(gamma[:, None] * P) [D, d_out]: the final norm's scale followed by the projection."""
+        return self.final_norm.weight.detach().float()[:, None] * self.projection()
+
     @property
     def head_dim(self) -> int:
         return self.blocks[0].attention.head_dim

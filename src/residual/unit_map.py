@@ -46,7 +46,7 @@ class UnitMap:
         norm = tower.final_norm
         gamma = norm.weight.detach().float()
         beta = norm.bias.detach().float() if norm.bias is not None else torch.zeros_like(gamma)
-        proj = tower.proj.detach().float() if tower.proj is not None else torch.eye(tower.width, device=gamma.device)
+        proj = tower.projection()
         proj_bias = tower.proj_bias.detach().float() if tower.proj_bias is not None else 0.0
         layout = UnitLayout(tower.layers, tower.heads, tower.head_dim, tower.out_dim)
         weights, biases = [], []
@@ -66,10 +66,9 @@ class UnitMap:
             k1=(gamma @ proj) / units,
         )
 
-    def heads_to_output(self, z: Tensor, heads: slice | Tensor = slice(None)) -> Tensor:
-        """z: [B, K, dh] raw head outputs of the selected heads -> t: [B, K, d_out]."""
-        weight, bias = self.head_weight[heads], self.head_bias[heads]
-        return torch.einsum("bkh,kho->bko", z.to(weight.dtype), weight) + bias
+    def heads_to_output(self, z: Tensor) -> Tensor:
+        """z: [B, K, dh] raw outputs of this map's K heads -> t: [B, K, d_out]."""
+        return torch.einsum("bkh,kho->bko", z.to(self.head_weight.dtype), self.head_weight) + self.head_bias
 
     def finish(self, t: Tensor, ln_mean: Tensor, ln_std: Tensor) -> Tensor:
         """t: [B, K, d_out] pre-scale values; ln_mean, ln_std: [B] -> y: [B, K, d_out]."""

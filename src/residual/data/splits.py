@@ -3,11 +3,14 @@
 Rules (the `split:` entry of a dataset):
 - official: the dataset's own train/val/test parts, unchanged.
 - holdout:  official train -> train + val (`val` fraction, stratified); official test kept.
-- resplit:  every official part pooled -> train/val/test (`val`, `test` fractions, stratified).
+- resplit:  every official part pooled -> train/val/test (`val`, `test` fractions, stratified;
+            val + test are held out together, then split, as the authors did).
 `subset: n` first draws a stratified subset of n samples from the train pool (ImageNet: 100k).
 """
 
 from __future__ import annotations
+
+import logging
 
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +21,8 @@ import polars as pl
 from sklearn.model_selection import train_test_split
 
 from residual.data.sources import DatasetError, Source
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("sample_id", "part", "index", "label", "split")
@@ -76,9 +81,11 @@ def split_table(source: Source, rule: Mapping[str, Any], seed: int, dataset: str
         assigned = _label(train=train, val=val, test=test)
     elif kind == "resplit":
         pool = _subset(pool, rule.get("subset"), seed, dataset)
-        rest, test = _stratified(pool, float(rule["test"]), seed, dataset)
-        val_share = float(rule["val"]) / (1.0 - float(rule["test"]))
-        train, val = _stratified(rest, val_share, seed, dataset)
+        # As the authors: hold out val + test together, then halve the held-out part by its own
+        # fraction. Shares of the remainder (val / (1 - test)) would round 80/10/10 to 7999/1001/1000.
+        val_fraction, test_fraction = float(rule["val"]), float(rule["test"])
+        train, held = _stratified(pool, val_fraction + test_fraction, seed, dataset)
+        val, test = _stratified(held, test_fraction / (val_fraction + test_fraction), seed, dataset)
         assigned = _label(train=train, val=val, test=test)
     else:
         raise DatasetError(f"dataset {dataset!r}: unknown split rule {kind!r}; use official, holdout or resplit")
@@ -93,9 +100,14 @@ def _label(**splits: pl.DataFrame) -> pl.DataFrame:
 
 
 def _stratify_on(frame: pl.DataFrame) -> np.ndarray | None:
+    """The labels to stratify on; None (a plain random split, with a warning) when a class has a
+    single sample, since scikit-learn cannot stratify it."""
     labels = frame["label"].to_numpy()
-    _, counts = np.unique(labels, return_counts=True)
-    return labels if counts.min() >= 2 else None
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() >= 2:
+        return labels
+    log.warning("classes %s have one sample each: this split is random, not stratified", classes[counts < 2].tolist()[:10])
+    return None
 
 
 def _stratified(frame: pl.DataFrame, fraction: float, seed: int, dataset: str) -> tuple[pl.DataFrame, pl.DataFrame]:

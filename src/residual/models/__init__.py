@@ -53,9 +53,7 @@ class LoadedModel:
     @cached_property
     def embed_factor(self) -> Tensor:
         """(gamma[:, None] * P) [D, d_out]: a model-space contribution -> its stored emb/MLP value."""
-        gamma = self.tower.final_norm.weight.detach().float()
-        proj = self.tower.proj
-        return gamma[:, None] * (proj.detach().float() if proj is not None else torch.eye(len(gamma), device=gamma.device))
+        return self.tower.output_factor()
 
 
 def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "auto") -> LoadedModel:
@@ -77,7 +75,6 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
             f"model {name or spec['arch']!r}: checkpoint {pretrained!r} does not exist; fix `pretrained` or use null for random init"
         )
     target = pick_device(device)
-    torch.manual_seed(int(spec.get("seed", 0)))
     if library == "open_clip":
         from residual.models import openclip_tower as adapter
     elif library == "transformers":
@@ -86,7 +83,9 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
         from residual.models import timm_tower as adapter
     label = name or spec["arch"]
     try:
-        module, preprocess, input_size, extras = adapter.create(spec)
+        with torch.random.fork_rng(devices=[]):  # seed the random init without resetting the caller's stream
+            torch.manual_seed(int(spec.get("seed", 0)))
+            module, preprocess, input_size, extras = adapter.create(spec)
     except (ModelSpecError, UnsupportedModelError):
         raise
     except Exception as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -20,7 +21,7 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
         raise ValueError(f"timm has no architecture {arch!r}; `timm.list_models()` lists them")
     if pretrained is None:
         model = timm.create_model(arch, pretrained=False, **kwargs)
-    elif _is_file(pretrained):
+    elif Path(pretrained).is_file():
         model = timm.create_model(arch, pretrained=False, checkpoint_path=pretrained, **kwargs)
     else:
         model = timm.create_model(f"{arch.split('.')[0]}.{pretrained}", pretrained=True, **kwargs)
@@ -33,8 +34,8 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
 
 
 def tower(model: nn.Module) -> Tower:
-    if not isinstance(model, VisionTransformer):
-        raise UnsupportedModelError(f"{type(model).__name__} is not a timm VisionTransformer")
+    if type(model) is not VisionTransformer:  # subclasses (distilled DeiT, ...) pool differently
+        raise UnsupportedModelError(f"{type(model).__name__} is not a plain timm VisionTransformer")
     if model.global_pool != "token" or model.attn_pool is not None or model.cls_token is None:
         raise UnsupportedModelError(
             f"this timm ViT pools with {model.global_pool!r}; only CLS-token pooling ('token') "
@@ -70,9 +71,3 @@ def tower(model: nn.Module) -> Tower:
 
 def _norm_or_none(module: nn.Module) -> nn.Module | None:
     return None if isinstance(module, nn.Identity) else module
-
-
-def _is_file(value: str) -> bool:
-    from pathlib import Path
-
-    return Path(value).is_file()
