@@ -84,11 +84,18 @@ def decompose(model: LoadedModel, images: Tensor) -> Decomposition:
     Raises DecompositionError if sum(units) misses the embedding by more than 1e-4 relative.
     """
     raw = trace(model, images)
-    context = f"decompose with model {model.name!r}"
-    check_finite(raw, model.layout, range(len(images)), context)
-    decomposition = Decomposition(model.layout.names, raw.values(model.unit_map), raw.embedding.float())
-    check_decomposition(decomposition.error, context=context)
-    return decomposition
+    values, _ = checked_values(raw, model.unit_map, range(len(images)), f"decompose with model {model.name!r}")
+    return Decomposition(model.layout.names, values, raw.embedding.float())
+
+
+def checked_values(raw: RawUnits, unit_map: UnitMap, samples: Sequence[int], context: str) -> tuple[Tensor, float]:
+    """All units in output space [B, U, d_out] and the batch's decomposition error, after both guards:
+    NonFiniteError for NaN/Inf (naming unit and samples), DecompositionError above the tolerance."""
+    check_finite(raw, unit_map.layout, samples, context)
+    values = raw.values(unit_map)
+    error = relative_error(values.sum(dim=1), raw.embedding)
+    check_decomposition(error, context=context)
+    return values, error
 
 
 def check_finite(raw: RawUnits, layout: UnitLayout, samples: Sequence[int], context: str) -> None:

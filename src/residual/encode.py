@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from residual.atomic import atomic_path
 from residual.data.sources import Source, prepare
-from residual.decompose import check_decomposition, check_finite, relative_error, trace
+from residual.decompose import checked_values, trace
 from residual.models import LoadedModel
 from residual.store import UnitFileError, UnitWriter
 from residual.unit_map import UnitMap
@@ -102,10 +102,7 @@ def encode_split(
             for images, labels, sample_ids in loader:
                 raw = trace(model, images)
                 context = f"encode {output}: model {model.name!r}, batch of samples {int(sample_ids[0])}..{int(sample_ids[-1])}"
-                check_finite(raw, model.layout, sample_ids.tolist(), context)
-                exact = raw.values(unit_map)
-                error = relative_error(exact.sum(dim=1), raw.embedding)
-                check_decomposition(error, context=context)
+                exact, error = checked_values(raw, unit_map, sample_ids.tolist(), context)
                 decomposition_error = max(decomposition_error, error)
                 stored = writer.write(raw, labels, sample_ids)
                 readback_num = torch.maximum(readback_num, (stored.values(unit_map) - exact).abs().amax(dim=(0, 2)))

@@ -34,6 +34,8 @@ METADATA_KEY = b"residual"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 TARGET_PEAK_EXPONENT = 8
+# Per-sample columns stored before the unit columns (`embedding` then one per unit follow).
+ROW_COLUMNS = ("sample_id", "label", "ln_mean", "ln_std")
 # What a reader needs beyond the columns; the writer adds `samples` and `scale_exponents` on close.
 REQUIRED_METADATA = ("layout", "dtype", "units", "samples", "scale_exponents", "unit_map")
 
@@ -79,7 +81,7 @@ class UnitWriter:
             for name in layout.names
         ]
         self.schema = pa.schema(fields)
-        binary = [name for name in self.schema.names if name not in ("sample_id", "label", "ln_mean", "ln_std")]
+        binary = [name for name in self.schema.names if name not in ROW_COLUMNS]
         self._writer = pq.ParquetWriter(
             str(path),
             self.schema,
@@ -277,7 +279,7 @@ class UnitFile:
 
     @staticmethod
     def _columns(names: list[str]) -> list[str]:
-        return ["sample_id", "label", "ln_mean", "ln_std", "embedding", *names]
+        return [*ROW_COLUMNS, "embedding", *names]
 
     def _read_table(self, columns: list[str]) -> pa.Table:
         try:
