@@ -24,6 +24,8 @@ if not workflow.overwrite_configfiles:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/units.smk"
+include: "rules/spectral.smk"
+include: "rules/train.smk"
 include: "rules/tables.smk"
 
 

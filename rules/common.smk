@@ -1,6 +1,7 @@
 # Config validation, the run's models and datasets, and path helpers shared by every rule.
-from residual.config import active_models, validate_config
+from residual.config import active_models, id_datasets, validate_config
 from residual.data.catalog import DATASETS as DATASETS_WITH_FILES
+from residual.experiment import TrainingOptions
 from residual.preflight import check_config, missing_inputs, require_inputs
 from snakemake.logging import logger
 
@@ -29,14 +30,28 @@ MODELS = active_models(config)
 DATASETS = list(config["datasets"])
 SPLITS = ["train", "val", "test"]
 ENCODE = config["encode"]
+ANALYSIS = config["analysis"]
+TRAINING = config["training"]
+REFERENCE = config["reference_dataset"]
+TASKS = [name for name, spec in config["datasets"].items() if spec["role"] == "task"]
+VARIANTS = TRAINING["variants"]
 TABLE_FORMATS = ["parquet", "csv", "md"]
-TABLES = expand("results/tables/{table}.{ext}", table=["decomposition"], ext=TABLE_FORMATS)
+# A table kind is made when it has rows: similarity needs a dataset besides the reference,
+# training a task dataset and a variant.
+TABLE_KINDS = [
+    "decomposition",
+    "intrinsic_dimension",
+    *(["similarity"] if len(DATASETS) > 1 else []),
+    *(["training"] if TASKS and VARIANTS else []),
+]
+TABLES = expand("results/tables/{table}.{ext}", table=TABLE_KINDS, ext=TABLE_FORMATS)
 
 
 wildcard_constraints:
     model="|".join(MODELS),
     dataset="|".join(DATASETS),
     split="|".join(SPLITS),
+    variant="|".join(VARIANTS) or "(?!)",
 
 
 def model_spec(wildcards):
@@ -71,6 +86,28 @@ def unit_files(wildcards):
         dataset=DATASETS,
         split=SPLITS,
     )
+
+
+def id_files(wildcards):
+    return expand("results/intrinsic_dimension/{model}/{dataset}.parquet", model=MODELS, dataset=id_datasets(config))
+
+
+def similarity_files(wildcards):
+    """Every dataset's units against the reference dataset's (the reference with itself is 1 by construction)."""
+    others = [dataset for dataset in DATASETS if dataset != REFERENCE]
+    return expand("results/similarity/{model}/{dataset}.parquet", model=MODELS, dataset=others)
+
+
+def classifier_inputs(wildcards):
+    """Models without a text tower classify by the class means of their train embeddings; the
+    others encode OpenAI's class names with their own weights."""
+    if config["models"][wildcards.model]["library"] == "timm":
+        return {"units": f"results/units/{wildcards.model}/{wildcards.dataset}/train.parquet"}
+    return {"split": f"results/splits/{wildcards.dataset}.parquet", "weights": local_weights(wildcards)}
+
+
+def training_files(wildcards):
+    return expand("results/train/{model}/{dataset}/{variant}.parquet", model=MODELS, dataset=TASKS, variant=VARIANTS)
 
 
 def tables_message():

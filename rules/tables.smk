@@ -1,4 +1,4 @@
-# Aggregated tables (Parquet, CSV, Markdown).
+# Aggregated tables (Parquet, CSV, Markdown; the Markdown of per-unit tables is a per-layer summary).
 
 
 rule decomposition_table:
@@ -21,3 +21,74 @@ rule decomposition_table:
         "../envs/residual.yaml"
     script:
         "../workflow_scripts/decomposition_table.py"
+
+
+rule intrinsic_dimension_table:
+    input:
+        id_files,
+    output:
+        expand("results/tables/intrinsic_dimension.{ext}", ext=TABLE_FORMATS),
+    params:
+        run_name=config["run_name"],
+        demo=config["demo"],
+        title="Intrinsic dimension of every unit (linear k(0.99) and TwoNN)",
+        summarise=["linear_id", "twonn_id", "linear_over_twonn", "first_evr"],
+    log:
+        "logs/tables/intrinsic_dimension.log",
+    benchmark:
+        "benchmarks/tables/intrinsic_dimension.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/spectral_table.py"
+
+
+rule similarity_table:
+    input:
+        similarity_files,
+    output:
+        expand("results/tables/similarity.{ext}", ext=TABLE_FORMATS),
+    params:
+        run_name=config["run_name"],
+        demo=config["demo"],
+        title=f"Similarity of each unit's principal subspace to its subspace on {REFERENCE}",
+        summarise=["similarity", "similarity_unweighted", "k_reference", "k_dataset"],
+    log:
+        "logs/tables/similarity.log",
+    benchmark:
+        "benchmarks/tables/similarity.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/spectral_table.py"
+
+
+rule training_table:
+    input:
+        training_files,
+    output:
+        expand("results/tables/training.{ext}", ext=TABLE_FORMATS),
+    params:
+        run_name=config["run_name"],
+        demo=config["demo"],
+        title=f"Test accuracy of ResiDual and its baselines (bases fitted on {REFERENCE})",
+    log:
+        "logs/tables/training.log",
+    benchmark:
+        "benchmarks/tables/training.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/training_table.py"

@@ -50,3 +50,30 @@ def perturb(module: nn.Module, seed: int = 0) -> None:
 def images() -> torch.Tensor:
     """A fixed batch of 3 preprocessed-looking images at 32x32 (tiny models)."""
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def digit_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Train/val/test unit files (float32) of the perturbed tiny open_clip model on 150 of
+    scikit-learn's digits, 10 classes, beside their unit map: {'train': path, 'val': ..., 'test': ...}."""
+    import polars as pl
+
+    from residual import load_model
+    from residual.data.sources import load_source
+    from residual.data.splits import split_table
+    from residual.encode import encode_split
+
+    folder = tmp_path_factory.mktemp("digit_units")
+    model = load_model(TINY_OPEN_CLIP, name="clip_tiny", device="cpu")
+    perturb(model.module)
+    source = load_source("digits", {"loader": "digits"}, 42)
+    rows = split_table(source, {"rule": "resplit", "val": 0.2, "test": 0.2, "subset": 150}, 42, "digits")
+    unit_map = folder / "unit_map.safetensors"
+    model.unit_map.save(unit_map)
+    paths = {}
+    for split in ("train", "val", "test"):
+        paths[split] = folder / "digits" / f"{split}.parquet"
+        selected = rows.filter(pl.col("split") == split)
+        metadata = {"dataset": "digits", "split": split}
+        encode_split(model, source, selected, paths[split], unit_map, "float32", batch_size=32, rows_per_group=32, metadata=metadata)
+    return paths

@@ -408,7 +408,7 @@ def digest(path: Path) -> str:
     if path.suffix != ".safetensors":
         return hashlib.sha256(path.read_bytes()).hexdigest()
     with safe_open(str(path), framework="pt") as handle:
-        hasher = hashlib.sha256(repr(sorted(handle.metadata().items())).encode())
+        hasher = hashlib.sha256(repr(sorted((handle.metadata() or {}).items())).encode())
         for key in sorted(handle.keys()):
             hasher.update(key.encode() + handle.get_tensor(key).numpy().tobytes())
     return hasher.hexdigest()
@@ -428,16 +428,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir
 
 
-def interrupt(workdir: Path, sig: signal.Signals, *targets: str) -> None:
-    """Start the workflow, and send `sig` to its whole process group while train.parquet is being written
-    (a temporary appears that was not there before: one left by an earlier kill does not count)."""
-    (workdir / "config.yaml").write_text(yaml.safe_dump(slow_config()))
+def interrupt(workdir: Path, sig: signal.Signals, *targets: str, watch: str = f"{UNITS}/.train.parquet.*.tmp", config: dict | None = None) -> None:
+    """Start the workflow, and send `sig` to its whole process group as soon as a file matching
+    `watch` appears that was not there before (one left by an earlier kill does not count). By
+    default: while the encode job writes train.parquet."""
+    config = config or slow_config()
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     command = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *targets]
-    earlier = set((workdir / UNITS).glob(".train.parquet.*.tmp"))
+    earlier = set(workdir.glob(watch))
     with open(workdir / "interrupted.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 300
-        while not set((workdir / UNITS).glob(".train.parquet.*.tmp")) - earlier:
+        while not set(workdir.glob(watch)) - earlier:
             assert process.poll() is None and time.monotonic() < deadline, (workdir / "interrupted.log").read_text()
             time.sleep(0.01)
         os.killpg(process.pid, sig)
@@ -448,7 +450,7 @@ def assert_same_results(workdir: Path, reference: Path) -> None:
     found = results(workdir)
     assert found == results(reference)
     for name in found:
-        if name.startswith(UNITS) and name.endswith(".parquet"):
+        if name.startswith("results/units/") and name.endswith(".parquet"):
             ours, theirs = read_units(workdir / name), read_units(reference / name)
             assert ours.names == theirs.names and torch.equal(ours.values, theirs.values)
             assert torch.equal(ours.embedding, theirs.embedding) and torch.equal(ours.sample_ids, theirs.sample_ids)
@@ -477,6 +479,44 @@ def test_killed_encodes_leave_nothing_a_rerun_accepts_and_the_rerun_equals_an_un
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     assert "left by a writer that was killed" in (tmp_path / "logs/encode/dino_tiny/random/train.log").read_text()
     assert_same_results(tmp_path, reference)  # byte for byte; no temporary is left over
+
+
+TRAINING = "results/train/clip_tiny/digits"
+
+
+def slow_training_config() -> dict[str, Any]:
+    """The whole tiny DAG for one model, with one variant trained for many short epochs (batches of
+    8, no early stop) so that the job can be killed between epochs."""
+    config = tiny()
+    config["models"] = {"clip_tiny": config["models"]["clip_tiny"]}
+    config["training"].update(variants=["residual_full"], epochs=150, patience=150, batch_size=8)
+    return config
+
+
+def test_killed_training_resumes_and_the_whole_run_equals_an_uninterrupted_one(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SIGTERM, then SIGKILL, once the training job has saved an epoch; the rerun resumes from the
+    saved epoch. Both runs start from scratch in other processes, so every table (decomposition,
+    intrinsic dimension, similarity, training) is also checked for run-to-run determinism."""
+    reference, workdir = tmp_path_factory.mktemp("training_reference"), tmp_path_factory.mktemp("training_killed")
+    run = snakemake(reference, "--cores", "2", config=slow_training_config())
+    assert run.returncode == 0, run.stdout[-3000:]
+    checkpoint = f"{TRAINING}/.residual_full.resume.safetensors"
+    assert not (reference / checkpoint).exists(), "a finished run removes its resume checkpoint"
+
+    outputs = [workdir / TRAINING / f"residual_full.{suffix}" for suffix in ("parquet", "safetensors")]
+    interrupt(workdir, signal.SIGTERM, watch=checkpoint, config=slow_training_config())
+    assert not any(path.exists() for path in outputs)
+    (workdir / checkpoint).unlink()  # the SIGKILL below must interrupt a later epoch of a fresh start
+    interrupt(workdir, signal.SIGKILL, watch=checkpoint, config=slow_training_config())
+    assert not any(path.exists() for path in outputs) and (workdir / checkpoint).exists()
+
+    assert snakemake(workdir, "--unlock", config=slow_training_config()).returncode == 0
+    rerun = snakemake(workdir, "--cores", "2", config=slow_training_config())
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert "resumed from" in (workdir / "logs/train/clip_tiny/digits/residual_full.log").read_text()
+    assert_same_results(workdir, reference)
+    tables = sorted(path.name for path in (reference / "results/tables").glob("*.parquet"))
+    assert tables == ["decomposition.parquet", "intrinsic_dimension.parquet", "similarity.parquet", "training.parquet"]
 
 
 ENCODE_ONE_SPLIT = """

@@ -36,7 +36,8 @@ def test_lint_is_clean(tmp_path, config: str) -> None:
 
 
 def test_paper_dag_plans_without_network(tmp_path) -> None:
-    """config.yaml: 5 ViT-L models x 14 datasets x 3 splits, 13 datasets with files to fetch or check."""
+    """config.yaml: 5 ViT-L models x 14 datasets x 3 splits, 13 datasets with files to fetch or check,
+    11 task datasets x 6 variants trained, 13 datasets compared with ImageNet, TwoNN on ImageNet."""
     run = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
     assert job_counts(run.stdout) == {
@@ -44,7 +45,15 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "split": 14,
         "unit_map": 5,
         "encode": 5 * 14 * 3,
+        "pca": 5 * 14,
+        "intrinsic_dimension": 5,
+        "similarity": 5 * 13,
+        "classifier": 5 * 11,
+        "train": 5 * 11 * 6,
         "decomposition_table": 1,
+        "intrinsic_dimension_table": 1,
+        "similarity_table": 1,
+        "training_table": 1,
         "all": 1,
     }
 
@@ -59,7 +68,9 @@ def test_paper_dag_with_appendix_models(tmp_path) -> None:
 def test_demo_dag(tmp_path) -> None:
     run = snakemake(tmp_path, "--configfile", str(REPO / "configs/demo.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
-    assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, "encode": 12, "decomposition_table": 1, "all": 1}
+    per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6}
+    tables = {f"{kind}_table": 1 for kind in ("decomposition", "intrinsic_dimension", "similarity", "training")}
+    assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, "all": 1}
 
 
 def test_tiny_config_end_to_end(tmp_path) -> None:
@@ -83,6 +94,23 @@ def test_tiny_config_end_to_end(tmp_path) -> None:
     assert float(error) <= 2e-3
     splits = pl.read_parquet(tmp_path / "results/splits/random.parquet")
     assert torch.equal(units.sample_ids, torch.tensor(splits.filter(pl.col("split") == "train")["sample_id"].to_list()))
+
+    identity = ["run", "model", "dataset", "split", "unit", "kind", "layer", "head"]
+    dimensions = pl.read_parquet(tmp_path / "results/tables/intrinsic_dimension.parquet")
+    assert dimensions.columns[: len(identity)] == identity
+    assert dimensions.height == 2 * (1 + 2 + 2 * 4 + 1) + 2 * (1 + 2 + 2 * 3 + 1)  # units and output, 2 datasets
+    assert dimensions["twonn_id"].null_count() == 0 and (dimensions["linear_id"] >= 1).all()
+    similarity = pl.read_parquet(tmp_path / "results/tables/similarity.parquet")
+    assert set(similarity["reference"]) == {"digits"} and set(similarity["dataset"]) == {"random"}
+    assert similarity["similarity"].is_between(0, 1 + 1e-6).all()
+
+    training = pl.read_parquet(tmp_path / "results/tables/training.parquet")
+    assert training.height == 2 * 6 and set(training["classifier"]) == {"text", "class_means"}
+    assert training.filter(pl.col("variant") == "base")["trainable_parameters"].to_list() == [0, 0]
+    assert training["test_accuracy"].is_between(0, 1).all() and (training["epochs_run"] <= 3).all()
+    assert not list((tmp_path / "results/train").rglob(".*.resume.safetensors")), "finished runs leave no checkpoint"
+    summary = (tmp_path / "results/tables/training.md").read_text()
+    assert "not the paper's" in summary and "residual_fine" in summary
 
     again = snakemake(tmp_path, "--configfile", config, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -47,7 +47,23 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         raise ConfigError(f"{source}: at `{where}`: {error.message}{hint}")
     for name, model in config["models"].items():
         model.setdefault("seed", config["seed"])
+    _check_dataset_names(config, source)
     return config
+
+
+def _check_dataset_names(config: dict[str, Any], source: str) -> None:
+    """Keys that name datasets must name datasets of this config."""
+    datasets = list(config["datasets"])
+    named = {"reference_dataset": [config["reference_dataset"]], "analysis.id_datasets": config["analysis"]["id_datasets"] or []}
+    for key, names in named.items():
+        for name in names:
+            if name not in datasets:
+                raise ConfigError(f"{source}: at `{key}`: {name!r} is not one of the config's datasets {datasets}; name one of them")
+
+
+def id_datasets(config: dict[str, Any]) -> list[str]:
+    """Datasets whose units get intrinsic dimensions (the reference dataset unless the config lists them)."""
+    return config["analysis"]["id_datasets"] or [config["reference_dataset"]]
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -127,11 +127,28 @@ def check_finite(raw: RawUnits, layout: UnitLayout, samples: Sequence[int], cont
     else:
         return
     ids = [int(samples[row]) for row in rows.nonzero().flatten().tolist()]
-    shown = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
     raise NonFiniteError(
-        f"{context}: {what} holds NaN or Inf for samples {shown}. The model's weights (`pretrained`) or these "
+        f"{context}: {what} holds NaN or Inf for samples {_listed(ids)}. The model's weights (`pretrained`) or these "
         "samples' inputs produce non-finite activations; fix them, or run the model in float32"
     )
+
+
+def check_finite_values(values: Tensor, names: Sequence[str], sample_ids: Tensor, context: str) -> None:
+    """NonFiniteError naming the first unit of values [b, G, d] (output space, names [G]) that holds
+    NaN or Inf, and its sample ids [b]. context names the file and step."""
+    bad = ~torch.isfinite(values).all(dim=-1)  # [b, G]
+    if not bool(bad.any()):
+        return
+    unit = int(bad.any(dim=0).nonzero()[0])
+    ids = sample_ids[bad[:, unit].cpu()].tolist()
+    raise NonFiniteError(
+        f"{context}: unit {names[unit]!r} holds NaN or Inf for samples {_listed(ids)}; the stored file is damaged "
+        "or was written by another tool: delete it and rerun the encode rule that produces it"
+    )
+
+
+def _listed(ids: Sequence[int], shown: int = 10) -> str:
+    return ", ".join(map(str, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def _forward_position(layout: UnitLayout, name: str) -> int:

@@ -47,8 +47,42 @@ def decomposition_table(paths: Sequence[str | Path], run_name: str) -> pl.DataFr
     return pl.DataFrame(rows).sort("model", "dataset", "split")
 
 
-def write_table(table: pl.DataFrame, outputs: Sequence[str | Path], title: str, demo: bool) -> None:
-    """Write `table` to each output by its suffix (.parquet, .csv, .md), atomically."""
+def with_keys(table: pl.DataFrame, **keys: str) -> pl.DataFrame:
+    """`table` with constant identifying columns (model=..., dataset=...) in front."""
+    return table.select(*(pl.lit(value).alias(name) for name, value in keys.items()), pl.all())
+
+
+def concat_tables(paths: Sequence[str | Path], run_name: str) -> pl.DataFrame:
+    """Per-job Parquet tables of one kind, stacked, with the run's name in front."""
+    return with_keys(pl.concat([pl.read_parquet(path) for path in paths], how="vertical_relaxed"), run=run_name)
+
+
+def layer_summary(table: pl.DataFrame, values: Sequence[str]) -> pl.DataFrame:
+    """Means of `values` per model, dataset, unit kind and layer (heads averaged within a layer)."""
+    keys = [key for key in ("model", "dataset", "kind", "layer") if key in table.columns]
+    return (
+        table.group_by(keys, maintain_order=True)
+        .agg(pl.len().alias("units"), *(pl.col(value).mean() for value in values))
+        .sort(keys, nulls_last=False)
+    )
+
+
+def accuracy_summary(table: pl.DataFrame) -> pl.DataFrame:
+    """Test accuracy per model and dataset (rows) and variant (columns, in the table's order), with
+    the conventions that produced it; trainable parameters are in the full table."""
+    keys = ["model", "dataset", "logits", "lambda_init"]
+    return table.pivot(on="variant", index=keys, values="test_accuracy", maintain_order=True).sort("model", "dataset")
+
+
+def write_table(
+    table: pl.DataFrame,
+    outputs: Sequence[str | Path],
+    title: str = "",
+    demo: bool = False,
+    markdown: pl.DataFrame | None = None,
+) -> None:
+    """Write `table` to each output by its suffix (.parquet, .csv, .md), atomically. The Markdown
+    file shows `markdown` instead when given (a summary of a table too long to read)."""
     for output in outputs:
         suffix = Path(output).suffix
         with atomic_path(output) as tmp:
@@ -57,7 +91,7 @@ def write_table(table: pl.DataFrame, outputs: Sequence[str | Path], title: str, 
             elif suffix == ".csv":
                 table.write_csv(tmp)
             elif suffix == ".md":
-                tmp.write_text(to_markdown(table, title, demo))
+                tmp.write_text(to_markdown(table if markdown is None else markdown, title, demo))
             else:
                 raise ValueError(f"no writer for table format {suffix!r} ({output})")
 

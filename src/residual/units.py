@@ -64,3 +64,19 @@ class UnitLayout:
         """Flat index of a head among all heads (layer-major)."""
         _, layer, head = self.parse(name)
         return layer * self.heads + head
+
+
+def unit_coordinates(name: str) -> dict[str, str | int | None]:
+    """Table columns of a unit name: {'kind', 'layer', 'head'}; the model's embedding ('output',
+    fitted beside the units) has kind 'output'. Layers and heads are None where they do not apply."""
+    if name == "output":
+        return {"kind": "output", "layer": None, "head": None}
+    match = _NAME.match(name)
+    if match is None:
+        raise KeyError(f"unknown unit name {name!r}: expected 'emb', 'mlp_<layer>', 'head_<layer>_<head>' or 'output'")
+    mlp_layer, head_layer, head = match.groups()
+    if mlp_layer is not None:
+        return {"kind": "mlp", "layer": int(mlp_layer), "head": None}
+    if head_layer is not None:
+        return {"kind": "head", "layer": int(head_layer), "head": int(head)}
+    return {"kind": "emb", "layer": None, "head": None}

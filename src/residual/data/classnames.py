@@ -6,7 +6,7 @@ Where they come from:
 - The other task datasets: `openai_prompts.json`, copied verbatim from CLIP's `data/prompts.md`.
   LAION's clip_benchmark package is not used: it ships only some of these lists (not CIFAR,
   Cars, DTD, SUN397, RESISC45) and its RESISC45 and SVHN templates are not OpenAI's.
-- SVHN: OpenAI published none; it gets MNIST's digits and template (10 classes / 1 template,
+- SVHN, and the demo's scikit-learn digits: OpenAI published none; they get MNIST's digits and template (10 classes / 1 template,
   as METHOD counts them).
 
 OpenAI's order is not always the loader's: EuroSAT's list is in neither alphabetical nor folder
@@ -27,7 +27,7 @@ from typing import Any
 from residual.data.sequences import DatasetError
 
 # Datasets that reuse another's OpenAI lists (see the module docstring).
-BORROWED = {"svhn": "mnist", "imagenet_sketch": "imagenet"}
+BORROWED = {"svhn": "mnist", "digits": "mnist", "imagenet_sketch": "imagenet"}
 
 # Native class names whose OpenAI name is not their own spelling with '_' and '/' as spaces.
 RENAMED: Mapping[str, Mapping[str, str]] = {

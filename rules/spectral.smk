@@ -1,0 +1,69 @@
+# Spectral geometry of every unit: PCA of each train split, intrinsic dimension, similarity of each
+# dataset's principal subspaces to the reference dataset's (METHOD sections 4-6).
+
+
+rule pca:
+    input:
+        "results/units/{model}/{dataset}/train.parquet",
+    output:
+        "results/pca/{model}/{dataset}.safetensors",
+    log:
+        "logs/pca/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/pca/{model}/{dataset}.tsv"
+    # No params: the PCA depends only on the unit file (batching and device change no output).
+    threads: ANALYSIS["threads"]
+    resources:
+        mem_mb=ANALYSIS["mem_mb"],
+        gpu=ANALYSIS["gpus"],
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/pca.py"
+
+
+rule intrinsic_dimension:
+    input:
+        units="results/units/{model}/{dataset}/train.parquet",
+        pca="results/pca/{model}/{dataset}.safetensors",
+    output:
+        "results/intrinsic_dimension/{model}/{dataset}.parquet",
+    params:
+        samples=ANALYSIS["id_samples"],
+        fraction=ANALYSIS["twonn_fraction"],
+        threshold=ANALYSIS["linear_id_threshold"],
+        seed=config["seed"],
+    log:
+        "logs/intrinsic_dimension/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/intrinsic_dimension/{model}/{dataset}.tsv"
+    threads: ANALYSIS["threads"]
+    resources:
+        mem_mb=ANALYSIS["mem_mb"],
+        gpu=ANALYSIS["gpus"],
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/intrinsic_dimension.py"
+
+
+rule similarity:
+    input:
+        reference=f"results/pca/{{model}}/{REFERENCE}.safetensors",
+        other="results/pca/{model}/{dataset}.safetensors",
+    output:
+        "results/similarity/{model}/{dataset}.parquet",
+    params:
+        reference=REFERENCE,
+        threshold=ANALYSIS["similarity_threshold"],
+    log:
+        "logs/similarity/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/similarity/{model}/{dataset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/similarity.py"

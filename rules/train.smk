@@ -1,0 +1,52 @@
+# ResiDual and its baselines on every task dataset (METHOD section 9): each dataset's classifier,
+# then one training run per model x dataset x variant on the reference dataset's bases.
+
+
+rule classifier:
+    input:
+        unpack(classifier_inputs),
+    output:
+        "results/classifiers/{model}/{dataset}.safetensors",
+    params:
+        model=model_spec,
+        dataset=dataset_spec,
+        seed=config["seed"],
+        class_means=TRAINING["class_means"],
+    log:
+        "logs/classifier/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/classifier/{model}/{dataset}.tsv"
+    threads: 2
+    resources:
+        mem_mb=ENCODE["mem_mb"],
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/classifier.py"
+
+
+rule train:
+    input:
+        units=expand("results/units/{{model}}/{{dataset}}/{split}.parquet", split=SPLITS),
+        reference=f"results/pca/{{model}}/{REFERENCE}.safetensors",
+        classifier="results/classifiers/{model}/{dataset}.safetensors",
+    output:
+        metrics="results/train/{model}/{dataset}/{variant}.parquet",
+        parameters="results/train/{model}/{dataset}/{variant}.safetensors",
+    params:
+        options=lambda wildcards: TrainingOptions.from_config(config),
+        # Progress saved after every epoch, outside the outputs (Snakemake deletes those of a
+        # failed job): an interrupted run resumes from it, and it is removed once the run is done.
+        checkpoint=lambda wildcards: f"results/train/{wildcards.model}/{wildcards.dataset}/.{wildcards.variant}.resume.safetensors",
+    log:
+        "logs/train/{model}/{dataset}/{variant}.log",
+    benchmark:
+        "benchmarks/train/{model}/{dataset}/{variant}.tsv"
+    threads: TRAINING["threads"]
+    resources:
+        mem_mb=TRAINING["mem_mb"],
+        gpu=TRAINING["gpus"],
+    conda:
+        "../envs/residual.yaml"
+    script:
+        "../workflow_scripts/train.py"

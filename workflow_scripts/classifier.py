@@ -1,0 +1,11 @@
+from residual.classifier import build_classifier, save_classifier
+from residual.workflow import rule_context
+
+with rule_context(snakemake) as log:
+    params, wildcards = snakemake.params, snakemake.wildcards
+    units = snakemake.input.get("units")
+    weights, classes, source, scale = build_classifier(
+        wildcards.model, params.model, wildcards.dataset, params.dataset, params.seed, units, params.class_means
+    )
+    save_classifier(snakemake.output[0], weights, classes, source, scale)
+    log.info("%s classifier of %s for %s: %d classes, logit scale %.4g", source, wildcards.model, wildcards.dataset, len(classes), scale)

@@ -1,0 +1,21 @@
+from residual.device import pick_device
+from residual.geometry import intrinsic_dimension_table
+from residual.pca import UnitPCA
+from residual.tables import with_keys, write_table
+from residual.workflow import rule_context
+
+with rule_context(snakemake) as log:
+    params, wildcards, analysis = snakemake.params, snakemake.wildcards, snakemake.config["analysis"]
+    table = intrinsic_dimension_table(
+        snakemake.input.units,
+        UnitPCA.load(snakemake.input.pca),
+        samples=params.samples,
+        seed=params.seed,
+        fraction=params.fraction,
+        threshold=params.threshold,
+        group_size=analysis["group_size"],  # batching and device change no output: not params
+        batch_size=analysis["batch_size"],
+        device=pick_device(analysis["device"]),
+    )
+    write_table(with_keys(table, model=wildcards.model, dataset=wildcards.dataset, split="train"), snakemake.output)
+    log.info("%d units; %d without a TwoNN estimate", table.height, table["twonn_id"].null_count())

@@ -1,0 +1,8 @@
+from residual.tables import concat_tables, layer_summary, write_table
+from residual.workflow import rule_context
+
+with rule_context(snakemake) as log:
+    params = snakemake.params
+    table = concat_tables(snakemake.input, params.run_name)
+    write_table(table, snakemake.output, params.title, demo=params.demo, markdown=layer_summary(table, params.summarise))
+    log.info("%d rows from %d files", table.height, len(snakemake.input))
