@@ -16,9 +16,11 @@ rule classifier:
         "logs/classifier/{model}/{dataset}.log",
     benchmark:
         "benchmarks/classifier/{model}/{dataset}.tsv"
-    threads: 2
+    threads: ENCODE["threads"]
     resources:
         mem_mb=ENCODE["mem_mb"],
+        # Text classifiers run the model's text tower (ImageNet: 1000 classes x 80 templates).
+        gpu=lambda wildcards: 0 if config["models"][wildcards.model]["library"] == "timm" else ENCODE["gpus"],
     conda:
         "../envs/residual.yaml"
     script:

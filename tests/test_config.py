@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
 from conftest import REPO
 
-from residual.config import ConfigError, active_models, load_config, validate_config
+from residual.config import ConfigError, active_models, id_datasets, load_config, validate_config
 
 
 @pytest.mark.parametrize("path", ["config.yaml", "configs/demo.yaml", "tests/configs/tiny.yaml"])
@@ -30,6 +31,14 @@ def test_defaults_are_filled() -> None:
                               "datasets": {"d": {"loader": "digits", "split": {"rule": "official"}}}})
     assert config["seed"] == 42 and config["encode"]["batch_size"] == 64
     assert config["models"]["m"]["seed"] == 42 and config["models"]["m"]["kwargs"] == {}
+    assert config["reference_dataset"] == "d" and id_datasets(config) == ["d"]  # no imagenet: the first dataset
+    assert config["training"]["variants"][0] == "base" and config["analysis"]["id_samples"] == 50000
+
+
+def test_imagenet_is_the_default_reference() -> None:
+    datasets = {name: {"loader": name, "split": {"rule": "official"}} for name in ("mnist", "imagenet")}
+    config = validate_config({"models": {"m": {"library": "timm", "arch": "vit_tiny_patch16_224", "pretrained": None}}, "datasets": datasets})
+    assert config["reference_dataset"] == "imagenet"
 
 
 @pytest.mark.parametrize(
@@ -48,3 +57,54 @@ def test_mistakes_name_the_key(edit, message: str) -> None:
     edit(broken)
     with pytest.raises(ConfigError, match=message):
         validate_config(broken)
+
+
+def tiny_config() -> dict:
+    """The tiny test config as read from YAML, before validation (datasets digits and random)."""
+    return yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "bad"),
+    [
+        (lambda c: c.update(reference_dataset="imagenet"), "reference_dataset", "imagenet"),
+        (lambda c: c["analysis"].update(id_datasets=["digits", "cifar10"]), "analysis.id_datasets", "cifar10"),
+    ],
+)
+def test_dataset_names_must_be_datasets_of_the_config(edit, key: str, bad: str) -> None:
+    """Keys naming datasets are checked against `datasets`: the message names the key, the bad
+    name and the datasets there are."""
+    config = tiny_config()
+    edit(config)
+    expected = f"at `{key}`: '{bad}' is not one of the config's datasets ['digits', 'random']"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        validate_config(config)
+
+
+def test_id_datasets_default_to_the_reference_dataset() -> None:
+    """analysis.id_datasets null (or absent) means the reference dataset only; a list is kept as given."""
+    config = tiny_config()
+    config["analysis"]["id_datasets"] = None
+    assert id_datasets(validate_config(config)) == ["digits"]
+    config = tiny_config()
+    del config["analysis"]["id_datasets"]
+    config["reference_dataset"] = "random"
+    assert id_datasets(validate_config(config)) == ["random"]
+    assert id_datasets(load_config(REPO / "tests/configs/tiny.yaml")) == ["digits", "random"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["training"].update(variants=["base", "finetune"]), r"at `training\.variants\.1`: 'finetune' is not one of"),
+        (lambda c: c["training"].update(lambda_init="zeros"), r"at `training\.lambda_init`: 'zeros' is not one of"),
+        (lambda c: c["training"].update(logits="softmax"), r"at `training\.logits`: 'softmax' is not one of"),
+        (lambda c: c["training"].update(class_means="median"), r"at `training\.class_means`: 'median' is not one of"),
+    ],
+)
+def test_training_mistakes_name_the_key(edit, message: str) -> None:
+    """Unknown variants and training conventions are refused, naming the key."""
+    config = tiny_config()
+    edit(config)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)

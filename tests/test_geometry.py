@@ -1,4 +1,5 @@
-"""Per-unit geometry tables: intrinsic dimension and similarity rows, degenerate units, NaN guards."""
+"""Per-unit geometry tables: intrinsic dimension and similarity rows, degenerate units, and the NaN
+guard of every step that reads stored units (PCA, TwoNN, spectral features)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from residual import read_units
 from residual.decompose import NonFiniteError
+from residual.features import make_plan, spectral_features
 from residual.geometry import intrinsic_dimension_table, sample_positions, sampled_points, similarity_table
 from residual.intrinsic_dimension import two_nn
 from residual.pca import OUTPUT, fit_pca, fit_unit_file
@@ -102,6 +104,10 @@ def test_non_finite_points_name_unit_file_and_step(digit_units: dict[str, Path],
         intrinsic_dimension_table(path, pca, samples=90, seed=0)
     with pytest.raises(NonFiniteError, match=rf"{path}, step pca: unit 'mlp_1' holds NaN or Inf for samples {sample};"):
         fit_unit_file(path, units=["mlp_1"])
+    reference = fit_unit_file(digit_units["train"], units=["mlp_0", "mlp_1", "head_0_0"])
+    plan = make_plan(reference, ["mlp_1"], [2], "sum")
+    with pytest.raises(NonFiniteError, match=rf"{path}, step spectral features: unit 'mlp_1' .* samples {sample};"):
+        spectral_features(UnitFile(path), plan, batch_size=16, device="cpu")
 
 
 def test_similarity_needs_the_same_units() -> None:

@@ -60,6 +60,15 @@ def tiny() -> dict[str, Any]:
     return yaml.safe_load(TINY.read_text())
 
 
+def with_datasets(config: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
+    """`config` on other datasets: the keys that name the tiny config's datasets go back to their
+    defaults (the reference is then the first dataset, or imagenet)."""
+    config["datasets"] = datasets
+    config.pop("reference_dataset", None)
+    config["analysis"].pop("id_datasets", None)
+    return config
+
+
 def tiny_model_spec() -> dict[str, Any]:
     return tiny()["models"]["dino_tiny"]
 
@@ -116,12 +125,12 @@ def test_preflight_lists_every_problem_with_its_key(tmp_path: Path, no_network: 
         "blip_kwargs": {"library": "transformers", "arch": "Salesforce/blip-itm-base-coco", "pretrained": None, "kwargs": {"a": 1}},
         "appendix": {"library": "timm", "arch": "not_a_model", "pretrained": None, "appendix": True},  # not run: not checked
     }
-    config["datasets"] = {
+    with_datasets(config, {
         "typo": {"loader": "cifar1O", "root": str(tmp_path), "split": SPLIT_RULE},
         "rootless": {"loader": "imagenet", "split": {"rule": "holdout", "val": 0.2}},
         "sized": {"loader": "digits", "size": 10, "split": SPLIT_RULE},
         "greedy": {"loader": "random", "split": {"rule": "resplit", "val": 0.5, "test": 0.5}},
-    }
+    })
     validate_config(config)
     with pytest.raises(PreflightError) as caught:
         check_config(config)
@@ -151,13 +160,13 @@ def test_shipped_configs_pass_preflight(path: str, no_network: None) -> None:
 def test_missing_data_is_named_with_what_to_do(tmp_path: Path, no_network: None) -> None:
     config = tiny()
     config["models"]["blip"] = {"library": "transformers", "arch": "no-such-org/no-such-blip", "pretrained": None}
-    config["datasets"] = {
+    with_datasets(config, {
         "imagenet": {"loader": "imagenet", "root": str(tmp_path / "imagenet"), "split": {"rule": "holdout", "val": 0.2}},
         "cifar_kept": {"loader": "cifar10", "root": str(tmp_path / "c1"), "download": False, "split": SPLIT_RULE},
         "cifar_fetched": {"loader": "cifar10", "root": str(tmp_path / "c2"), "split": SPLIT_RULE},
         "pacs": {"loader": "pacs", "root": str(tmp_path / "pacs"), "split": SPLIT_RULE},
         "random": tiny()["datasets"]["random"],
-    }
+    })
     validate_config(config)
     check_config(config)
     fake_datasets.pacs(tmp_path / "pacs")
@@ -392,7 +401,7 @@ def slow_config() -> dict[str, Any]:
     """One tiny model on 600 random images encoded one at a time: the train split takes ~1 s to write."""
     config = tiny()
     config["models"] = {"dino_tiny": config["models"]["dino_tiny"]}
-    config["datasets"] = {"random": {**config["datasets"]["random"], "size": 600}}
+    with_datasets(config, {"random": {**config["datasets"]["random"], "size": 600}})
     config["encode"]["batch_size"] = 1
     return config
 

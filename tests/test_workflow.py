@@ -126,3 +126,16 @@ def test_conda_env_lists_the_package_dependencies() -> None:
     environment = yaml.safe_load((REPO / "envs/residual.yaml").read_text())
     pip = next(entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict))
     assert sorted(pip) == sorted(declared)
+
+
+def test_slurm_profile_sends_every_gpu_rule_to_the_gpu_partition() -> None:
+    """A rule asking for the `gpu` resource on the cpu partition would wait forever or fail."""
+    import yaml
+
+    rules = {}
+    for path in (REPO / "rules").glob("*.smk"):
+        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+            rules[block.split(":", 1)[0]] = re.search(r"^\s+gpu=", block, re.M) is not None
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    on_gpu = {rule for rule, resources in profile["set-resources"].items() if resources.get("slurm_partition") == "gpu"}
+    assert on_gpu == {rule for rule, uses_gpu in rules.items() if uses_gpu}

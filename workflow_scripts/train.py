@@ -1,12 +1,7 @@
 from pathlib import Path
 
-import polars as pl
-from safetensors.torch import save_file
-
-from residual.atomic import atomic_path
 from residual.device import pick_device
-from residual.experiment import SPLITS, run_variant
-from residual.tables import with_keys, write_table
+from residual.experiment import SPLITS, run_variant, save_run
 from residual.workflow import rule_context
 
 with rule_context(snakemake) as log:
@@ -22,8 +17,7 @@ with rule_context(snakemake) as log:
         device=device,
         checkpoint=params.checkpoint,
     )
-    with atomic_path(snakemake.output.parameters) as tmp:
-        save_file({name: tensor.contiguous() for name, tensor in best.items()}, str(tmp))
-    write_table(with_keys(pl.DataFrame([row]), model=wildcards.model, dataset=wildcards.dataset), [snakemake.output.metrics])
+    row = {"model": wildcards.model, "dataset": wildcards.dataset, **row}
+    save_run(row, best, snakemake.output.metrics, snakemake.output.parameters)
     Path(params.checkpoint).unlink(missing_ok=True)
     log.info("%s", row)

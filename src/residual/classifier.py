@@ -79,9 +79,10 @@ def load_classifier(path: str | Path, logits: Logits) -> tuple[ZeroShotClassifie
         with safe_open(str(path), framework="pt") as handle:
             header = json.loads((handle.metadata() or {})["residual"])
             weights = handle.get_tensor("weights")
-    except (SafetensorError, OSError, KeyError, ValueError) as error:
+            scale = float(header["logit_scale"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"classifier file {path} is unreadable ({error}): delete it and rerun the classifier rule") from error
-    return ZeroShotClassifier(weights, logits, header["logit_scale"]), header
+    return ZeroShotClassifier(weights, logits, scale), header
 
 
 def model_logit_scale(model: LoadedModel) -> float:

@@ -47,6 +47,8 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         raise ConfigError(f"{source}: at `{where}`: {error.message}{hint}")
     for name, model in config["models"].items():
         model.setdefault("seed", config["seed"])
+    if config["reference_dataset"] is None:
+        config["reference_dataset"] = "imagenet" if "imagenet" in config["datasets"] else next(iter(config["datasets"]))
     _check_dataset_names(config, source)
     return config
 

@@ -7,19 +7,24 @@ PCA of the same model (ResiDual's bases) and the dataset's classifier. The resul
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
 from residual.adapters import VARIANTS, Init, build_variant
+from residual.atomic import atomic_path
 from residual.classifier import Logits, load_classifier
 from residual.features import spectral_features
 from residual.pca import UnitPCA
 from residual.store import UnitFile
+from residual.tables import write_table
 from residual.train import TrainSettings, lr_range_test, train
 
 SPLITS = ("train", "val", "test")
@@ -86,3 +91,12 @@ def run_variant(
         "energy_outside_basis": features[0].outside,
     }
     return row, result.best_state
+
+
+def save_run(row: dict[str, Any], best: dict[str, Tensor], metrics: str | Path, parameters: str | Path) -> None:
+    """Write a run's table row (one-row Parquet) and its best parameters (safetensors, with the row
+    as metadata), each atomically."""
+    with atomic_path(parameters) as tmp:
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in best.items()}
+        save_file(tensors, str(tmp), {"residual": json.dumps(row)})
+    write_table(pl.DataFrame([row]), [metrics])

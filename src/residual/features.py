@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from residual.decompose import check_finite_values
 from residual.pca import OUTPUT, UnitPCA
 from residual.store import StoredUnits, UnitFile
 
@@ -194,7 +195,9 @@ def spectral_features(unit_file: UnitFile, plan: FeaturePlan, batch_size: int, d
     rest, embedding = torch.empty(samples, plan.width, device=device), torch.empty(samples, plan.width, device=device)
     labels = torch.empty(samples, dtype=torch.long, device=device)
     start, centred_energy, kept_energy = 0, 0.0, 0.0
+    context = f"unit file {unit_file.path}, step spectral features"
     for batch in unit_file.iter_batches(batch_size, units=plan.reads):
+        check_finite_values(torch.cat([batch.values, batch.embedding[:, None]], dim=1), [*batch.names, "embedding"], batch.sample_ids, context)
         part = plan.features(batch, device)
         stop = start + len(part)
         coords[start:stop], rest[start:stop], embedding[start:stop], labels[start:stop] = (
