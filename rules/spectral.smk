@@ -11,7 +11,7 @@ rule pca:
         "logs/pca/{model}/{dataset}.log",
     benchmark:
         "benchmarks/pca/{model}/{dataset}.tsv"
-    # No params: the PCA depends only on the unit file (batching and device change no output).
+    # No params: the PCA depends only on the unit file (batching and device change float rounding only).
     threads: ANALYSIS["threads"]
     resources:
         mem_mb=ANALYSIS["mem_mb"],

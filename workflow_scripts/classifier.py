@@ -5,7 +5,7 @@ from residual.workflow import rule_context
 with rule_context(snakemake) as log:
     params, wildcards = snakemake.params, snakemake.wildcards
     units = snakemake.input.get("units")
-    device = pick_device(snakemake.config["encode"]["device"])  # changes no output: not a param
+    device = pick_device(snakemake.config["encode"]["device"])  # float rounding only: not a param
     weights, classes, source, scale = build_classifier(
         wildcards.model, params.model, wildcards.dataset, params.dataset, params.seed, units, params.class_means, device
     )

@@ -13,7 +13,7 @@ with rule_context(snakemake) as log:
         seed=params.seed,
         fraction=params.fraction,
         threshold=params.threshold,
-        group_size=analysis["group_size"],  # batching and device change no output: not params
+        group_size=analysis["group_size"],  # batching, device: float rounding only, not params
         batch_size=analysis["batch_size"],
         device=pick_device(analysis["device"]),
     )

@@ -3,7 +3,7 @@ from residual.pca import fit_unit_file
 from residual.workflow import rule_context
 
 with rule_context(snakemake) as log:
-    analysis = snakemake.config["analysis"]  # batching and device change no output: not params
+    analysis = snakemake.config["analysis"]  # batching, device: float rounding only, not params
     device = pick_device(analysis["device"])
     log.info("PCA of every unit of %s on %s", snakemake.input[0], device)
     pca = fit_unit_file(snakemake.input[0], batch_size=analysis["batch_size"], group_size=analysis["group_size"], device=device)

@@ -6,7 +6,7 @@ from residual.workflow import rule_context
 
 with rule_context(snakemake) as log:
     params, wildcards, inputs = snakemake.params, snakemake.wildcards, snakemake.input
-    device = pick_device(snakemake.config["training"]["device"])  # changes no output: not a param
+    device = pick_device(snakemake.config["training"]["device"])  # float rounding only: not a param
     log.info("training %s of %s on %s (%s)", wildcards.variant, wildcards.model, wildcards.dataset, device)
     row, best = run_variant(
         wildcards.variant,
