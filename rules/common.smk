@@ -3,6 +3,7 @@ from residual.config import active_models, id_datasets, validate_config
 from residual.data.catalog import DATASETS as DATASETS_WITH_FILES
 from residual.experiment import TrainingOptions
 from residual.preflight import check_config, missing_inputs, require_inputs
+from residual.text import has_text_tower
 from snakemake.logging import logger
 
 validate_config(config, source="config")
@@ -101,9 +102,9 @@ def similarity_files(wildcards):
 def classifier_inputs(wildcards):
     """Models without a text tower classify by the class means of their train embeddings; the
     others encode OpenAI's class names with their own weights."""
-    if config["models"][wildcards.model]["library"] == "timm":
-        return {"units": f"results/units/{wildcards.model}/{wildcards.dataset}/train.parquet"}
-    return {"split": f"results/splits/{wildcards.dataset}.parquet", "weights": local_weights(wildcards)}
+    if has_text_tower(config["models"][wildcards.model]):
+        return {"split": f"results/splits/{wildcards.dataset}.parquet", "weights": local_weights(wildcards)}
+    return {"units": f"results/units/{wildcards.model}/{wildcards.dataset}/train.parquet"}
 
 
 def training_files(wildcards):

@@ -20,7 +20,7 @@ rule classifier:
     resources:
         mem_mb=ENCODE["mem_mb"],
         # Text classifiers run the model's text tower (ImageNet: 1000 classes x 80 templates).
-        gpu=lambda wildcards: 0 if config["models"][wildcards.model]["library"] == "timm" else ENCODE["gpus"],
+        gpu=lambda wildcards: ENCODE["gpus"] if has_text_tower(config["models"][wildcards.model]) else 0,
     conda:
         "../envs/residual.yaml"
     script:

@@ -28,7 +28,7 @@ from residual.data.classnames import openai_templates
 from residual.data.sources import load_source
 from residual.models import LoadedModel, load_model
 from residual.store import UnitFile
-from residual.text import zero_shot_classifier
+from residual.text import has_text_tower, zero_shot_classifier
 
 Logits = Literal["raw", "normalized"]
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's trained exp(logit_scale), used where a model has none
@@ -116,7 +116,7 @@ def build_classifier(
     Zero-shot text weights from OpenAI's class names and templates where the model has a text
     tower; the class means of the train split's embeddings (train_units) for timm models."""
     classes = load_source(dataset, dataset_spec, seed).classes
-    if model_spec["library"] == "timm":
+    if not has_text_tower(model_spec):
         if train_units is None:
             raise ValueError(f"model {model_name!r} has no text tower: its classifier needs the train unit file of {dataset!r}")
         weights = class_means_from_units(train_units, len(classes), normalize=class_means == "normalized")

@@ -7,7 +7,8 @@ timm models have no text tower.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +23,16 @@ class NoTextTowerError(ValueError):
     """The model has no text encoder (or was built without its tokenizer)."""
 
 
+def has_text_tower(spec: Mapping[str, Any]) -> bool:
+    """Whether a model entry of the config has a text tower: open_clip and BLIP do, timm models do not."""
+    return spec["library"] != "timm"
+
+
 @torch.no_grad()
 def encode_text(model: LoadedModel, texts: list[str], batch_size: int = 256) -> Tensor:
     """Texts -> their embeddings [n, d_out] float32 on the model's device, not normalised."""
     library = model.spec["library"]
-    if library == "timm":
+    if not has_text_tower(model.spec):
         raise NoTextTowerError(
             f"model {model.name!r} (timm) has no text tower: use the class means of its train outputs as the classifier"
         )
