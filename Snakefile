@@ -25,8 +25,8 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/units.smk"
 include: "rules/spectral.smk"
-include: "rules/train.smk"
-include: "rules/tables.smk"
+include: "rules/alignment.smk"
+include: "rules/report.smk"
 
 
 rule all:

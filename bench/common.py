@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from residual.encode import library_versions
+from residual.units.encode import library_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

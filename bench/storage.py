@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader
 from common import add_model_arguments, environment, headline, model_spec, report, set_threads, table
 from residual import decompose, load_model, read_units
 from residual.data.sources import NoiseImages, Source
-from residual.encode import SplitImages, encode_split
+from residual.units.encode import SplitImages, encode_split
 from residual.models import LoadedModel
-from residual.store import UnitFile
-from residual.tables import authors_bytes_per_sample
+from residual.units.store import UnitFile
+from residual.report.tables import authors_bytes_per_sample
 
 RATIO_TARGET = 0.5
 READBACK_TARGET = 1e-3

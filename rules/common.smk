@@ -1,13 +1,13 @@
 # Config validation, the run's models and datasets, and path helpers shared by every rule.
-from residual.config import active_models, id_datasets, validate_config
+from residual.config.validate import active_models, id_datasets, validate_config
 from residual.data.catalog import DATASETS as DATASETS_WITH_FILES
-from residual.experiment import TrainingOptions
-from residual.preflight import check_config, missing_inputs, require_inputs
-from residual.text import has_text_tower
+from residual.alignment.run import TrainingOptions
+from residual.config.preflight import check_config, missing_inputs, require_inputs
+from residual.models.text import has_text_tower
 from snakemake.logging import logger
 
 validate_config(config, source="config")
-# Preflight (residual.preflight), in the main process only (cluster jobs read this file again).
+# Preflight (residual.config.preflight), in the main process only (cluster jobs read this file again).
 # Config mistakes (unknown architecture, tag, checkpoint file, loader, root) stop every run, dry runs
 # included. Inputs absent from this machine that no rule can fetch (user-supplied datasets, uncached
 # Hugging Face checkpoints) are only warned about here, so `snakemake -n` plans without the data;

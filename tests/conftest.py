@@ -61,7 +61,7 @@ def digit_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from residual import load_model
     from residual.data.sources import load_source
     from residual.data.splits import split_table
-    from residual.encode import encode_split
+    from residual.units.encode import encode_split
 
     folder = tmp_path_factory.mktemp("digit_units")
     model = load_model(TINY_OPEN_CLIP, name="clip_tiny", device="cpu")

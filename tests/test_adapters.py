@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from residual.adapters import VARIANTS, build_variant, trainable_parameters
-from residual.classifier import ZeroShotClassifier, class_mean_classifier
-from residual.features import ABLATIONS, Features, make_plan, spectral_features
-from residual.pca import OUTPUT, UnitPCA, fit_pca, fit_unit_file
-from residual.store import StoredUnits, UnitFile
+from residual.alignment.variants import VARIANTS, build_variant, trainable_parameters
+from residual.alignment.classifier import ZeroShotClassifier, class_mean_classifier
+from residual.alignment.features import ABLATIONS, Features, make_plan, spectral_features
+from residual.spectral.pca import OUTPUT, UnitPCA, fit_pca, fit_unit_file
+from residual.units.store import StoredUnits, UnitFile
 
 NAMES = ["emb", "mlp_0", "mlp_1", "head_0_0", "head_0_1", "head_1_0", "head_1_1"]
 HEADS = [name for name in NAMES if name.startswith("head_")]

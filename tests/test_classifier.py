@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import TINY_DINOV2, TINY_OPEN_CLIP, perturb
 from safetensors.torch import save_file
 
-from residual.classifier import (
+from residual.alignment.classifier import (
     DEFAULT_LOGIT_SCALE,
     build_classifier,
     class_means_from_units,
@@ -21,8 +21,8 @@ from residual.classifier import (
 )
 from residual.data.classnames import openai_templates
 from residual.models import load_model
-from residual.store import read_units
-from residual.text import zero_shot_classifier
+from residual.units.store import read_units
+from residual.models.text import zero_shot_classifier
 
 DIGITS = {"loader": "digits", "split": {"rule": "resplit", "val": 0.2, "test": 0.2, "subset": 60}}
 CLASSES = [str(digit) for digit in range(10)]
@@ -36,7 +36,7 @@ def dino_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     from residual.data.sources import load_source
     from residual.data.splits import split_table
-    from residual.encode import encode_split
+    from residual.units.encode import encode_split
 
     folder = tmp_path_factory.mktemp("dino_units")
     model = load_model(TINY_DINOV2, name="dino_tiny", device="cpu")

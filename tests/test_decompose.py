@@ -8,10 +8,10 @@ from conftest import TINY_DINOV2, TINY_OPEN_CLIP, TINY_TIMM, perturb
 from safetensors.torch import save_file
 
 from residual import decompose, load_model, trace
-from residual.decompose import TOLERANCE, DecompositionError, check_decomposition
+from residual.units.decompose import TOLERANCE, DecompositionError, check_decomposition
 from residual.models import ModelSpecError
-from residual.tower import UnsupportedModelError
-from residual.units import UnitLayout
+from residual.models.tower import UnsupportedModelError
+from residual.units.layout import UnitLayout
 
 FULL_SIZE = [
     pytest.param({"library": "open_clip", "arch": "ViT-B-32", "pretrained": None}, id="open_clip-ViT-B-32"),

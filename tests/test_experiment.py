@@ -14,12 +14,12 @@ import yaml
 from conftest import REPO, TINY_OPEN_CLIP
 from safetensors.torch import load_file
 
-from residual.adapters import VARIANTS, build_variant, trainable_parameters
-from residual.classifier import build_classifier, class_means_from_units, save_classifier
-from residual.config import SCHEMA, load_config, validate_config
-from residual.experiment import TrainingOptions, run_variant
-from residual.pca import UnitPCA, fit_unit_file
-from residual.store import read_units
+from residual.alignment.variants import VARIANTS, build_variant, trainable_parameters
+from residual.alignment.classifier import build_classifier, class_means_from_units, save_classifier
+from residual.config.validate import SCHEMA, load_config, validate_config
+from residual.alignment.run import TrainingOptions, run_variant
+from residual.spectral.pca import UnitPCA, fit_unit_file
+from residual.units.store import read_units
 
 ROW_KEYS = {
     "variant", "label", "classifier", "logits", "lambda_init", "lr", "trainable_parameters",
@@ -151,13 +151,13 @@ def test_checkpoint_is_kept_and_resumed(inputs: dict[str, Any], tmp_path: Path, 
     whole, whole_best = run(inputs, "residual_full")
     run(inputs, "residual_full", dataclasses.replace(OPTIONS, epochs=1), checkpoint)
     assert checkpoint.is_file()
-    with caplog.at_level(logging.INFO, logger="residual.train"):
+    with caplog.at_level(logging.INFO, logger="residual.alignment.training"):
         resumed, resumed_best = run(inputs, "residual_full", OPTIONS, checkpoint)
     assert "resumed from" in caplog.text and "after epoch 1" in caplog.text
     assert resumed == whole and torch.equal(resumed_best["lambdas"], whole_best["lambdas"])
     assert checkpoint.is_file()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="residual.train"):
+    with caplog.at_level(logging.INFO, logger="residual.alignment.training"):
         rerun, _ = run(inputs, "residual_full", OPTIONS, checkpoint)
     assert "after epoch 2" in caplog.text and "epoch 3" not in caplog.text
     assert rerun == whole
@@ -181,7 +181,7 @@ def test_saved_run_keeps_the_row_beside_its_parameters(inputs: dict[str, Any], t
     import polars as pl
     from safetensors import safe_open
 
-    from residual.experiment import save_run
+    from residual.alignment.run import save_run
 
     row, best = run(inputs, "residual_fine")
     row = {"model": "clip_tiny", "dataset": "digits", **row}

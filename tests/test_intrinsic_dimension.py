@@ -11,7 +11,7 @@ import torch
 from scipy.spatial import cKDTree
 from sklearn.decomposition import PCA
 
-from residual.intrinsic_dimension import linear_id, two_nn
+from residual.spectral.intrinsic_dimension import linear_id, two_nn
 
 
 def _neighbours(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

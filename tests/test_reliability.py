@@ -1,6 +1,6 @@
 """Reliability (issue 4) for the rules that exist: split, unit_map, encode, decomposition_table.
 
-1. config mistakes stop a run before any job, naming the key and what to do (`residual.preflight`);
+1. config mistakes stop a run before any job, naming the key and what to do (`residual.config.preflight`);
 2. bad files (unit files, unit maps, checkpoints, dataset folders, split tables) raise our own
    errors naming the file;
 3. an encode job killed midway (SIGKILL, SIGTERM) leaves nothing a rerun accepts, and the rerun
@@ -40,16 +40,16 @@ from safetensors.torch import save_file
 
 import fake_datasets
 from residual import load_model, read_units
-from residual.config import ConfigError, load_config, validate_config
+from residual.config.validate import ConfigError, load_config, validate_config
 from residual.data.sequences import DatasetError
 from residual.data.sources import load_source
 from residual.data.splits import read_split, split_table
-from residual.decompose import NonFiniteError, decompose
-from residual.encode import encode_split
+from residual.units.decompose import NonFiniteError, decompose
+from residual.units.encode import encode_split
 from residual.models import LoadedModel, ModelSpecError
-from residual.preflight import PreflightError, check_config, missing_inputs, require_inputs
-from residual.store import UnitFile, UnitFileError
-from residual.tables import decomposition_table
+from residual.config.preflight import PreflightError, check_config, missing_inputs, require_inputs
+from residual.units.store import UnitFile, UnitFileError
+from residual.report.tables import decomposition_table
 
 TINY = REPO / "tests/configs/tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -534,7 +534,7 @@ from pathlib import Path
 from residual import load_model
 from residual.data.sources import load_source
 from residual.data.splits import split_table
-from residual.encode import encode_split
+from residual.units.encode import encode_split
 config, out = yaml.safe_load(open(sys.argv[1])), Path(sys.argv[2])
 model = load_model({**config["models"]["clip_tiny"], "seed": config["seed"]}, name="clip_tiny", device="cpu")
 source = load_source("digits", config["datasets"]["digits"], config["seed"])

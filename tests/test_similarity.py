@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from residual.similarity import spectral_cosine, unit_similarity
+from residual.spectral.similarity import spectral_cosine, unit_similarity
 
 
 def _orthonormal(rows: int, dimension: int, seed: int) -> torch.Tensor:

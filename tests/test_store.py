@@ -14,9 +14,9 @@ from conftest import TINY_DINOV2, TINY_OPEN_CLIP, perturb
 from residual import decompose, load_model, read_units
 from residual.data.sequences import ArrayImages, Source
 from residual.data.splits import split_table
-from residual.encode import encode_split
-from residual.store import UnitFile, UnitFileError
-from residual.unit_map import UnitMap
+from residual.units.encode import encode_split
+from residual.units.store import UnitFile, UnitFileError
+from residual.units.unit_map import UnitMap
 
 
 def _source(count: int = 24) -> Source:

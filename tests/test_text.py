@@ -7,7 +7,7 @@ import torch
 from open_clip import build_zero_shot_classifier
 
 from residual.models import LoadedModel, load_model
-from residual.text import NoTextTowerError, encode_text, zero_shot_classifier
+from residual.models.text import NoTextTowerError, encode_text, zero_shot_classifier
 
 EMBED = 32
 CLASSNAMES = ["dog", "cat", "traffic light"]

@@ -12,11 +12,11 @@ import torch
 from safetensors import safe_open
 from test_adapters import reference_of, toy_units
 
-from residual.adapters import build_variant
-from residual.classifier import ZeroShotClassifier, class_mean_classifier
-from residual.decompose import NonFiniteError
-from residual.features import Features
-from residual.train import TrainingDivergedError, TrainResult, TrainSettings, accuracy, lr_range_test, train
+from residual.alignment.variants import build_variant
+from residual.alignment.classifier import ZeroShotClassifier, class_mean_classifier
+from residual.units.decompose import NonFiniteError
+from residual.alignment.features import Features
+from residual.alignment.training import TrainingDivergedError, TrainResult, TrainSettings, accuracy, lr_range_test, train
 
 REFERENCE = reference_of(toy_units(200, seed=0))
 SIGNAL = 2.5  # head_1_1 carries the class, drowned in the other units' variance
@@ -91,7 +91,7 @@ def test_two_runs_are_bit_identical() -> None:
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     whole = run("residual_full", 0.8, tmp_path / "whole.safetensors", init="randn", epochs=7, patience=30)
     run("residual_full", 0.8, tmp_path / "parts.safetensors", init="randn", epochs=2, patience=30)
-    with caplog.at_level(logging.INFO, logger="residual.train"):
+    with caplog.at_level(logging.INFO, logger="residual.alignment.training"):
         resumed = run("residual_full", 0.8, tmp_path / "parts.safetensors", init="randn", epochs=7, patience=30)
     assert "resumed from" in caplog.text and "after epoch 2" in caplog.text
     assert resumed.epochs_run == 7
@@ -105,13 +105,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, caplog: pytest.Log
 def test_checkpoint_of_other_settings_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     checkpoint = tmp_path / "run.safetensors"
     run("residual_full", 0.8, checkpoint, epochs=2)
-    with caplog.at_level(logging.WARNING, logger="residual.train"):
+    with caplog.at_level(logging.WARNING, logger="residual.alignment.training"):
         changed = run("residual_full", 0.5, checkpoint, epochs=3)
     assert "other settings or inputs" in caplog.text
     assert_same(changed, run("residual_full", 0.5, epochs=3))
     checkpoint.write_bytes(b"not a safetensors file")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="residual.train"):
+    with caplog.at_level(logging.WARNING, logger="residual.alignment.training"):
         assert_same(run("residual_full", 0.5, checkpoint, epochs=3), changed)
     assert "unreadable" in caplog.text
 

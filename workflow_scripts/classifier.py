@@ -1,6 +1,6 @@
-from residual.classifier import build_classifier, save_classifier
-from residual.device import pick_device
-from residual.workflow import rule_context
+from residual.alignment.classifier import build_classifier, save_classifier
+from residual.runtime.device import pick_device
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     params, wildcards = snakemake.params, snakemake.wildcards

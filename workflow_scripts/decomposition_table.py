@@ -1,5 +1,5 @@
-from residual.tables import decomposition_table, write_table
-from residual.workflow import rule_context
+from residual.report.tables import decomposition_table, write_table
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     table = decomposition_table(snakemake.input, snakemake.params.run_name)

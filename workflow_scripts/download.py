@@ -1,5 +1,5 @@
 from residual.data.download import download
-from residual.workflow import rule_context
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     spec = snakemake.params.spec

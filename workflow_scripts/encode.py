@@ -1,8 +1,8 @@
 from residual import load_model
 from residual.data.sources import load_source
 from residual.data.splits import read_split
-from residual.encode import encode_split
-from residual.workflow import rule_context
+from residual.units.encode import encode_split
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     params, wildcards = snakemake.params, snakemake.wildcards

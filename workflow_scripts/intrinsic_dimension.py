@@ -1,8 +1,8 @@
-from residual.device import pick_device
-from residual.geometry import intrinsic_dimension_table
-from residual.pca import UnitPCA
-from residual.tables import with_keys, write_table
-from residual.workflow import rule_context
+from residual.runtime.device import pick_device
+from residual.spectral.tables import intrinsic_dimension_table
+from residual.spectral.pca import UnitPCA
+from residual.report.tables import with_keys, write_table
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     params, wildcards, analysis = snakemake.params, snakemake.wildcards, snakemake.config["analysis"]

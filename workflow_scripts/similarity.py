@@ -1,7 +1,7 @@
-from residual.geometry import similarity_table
-from residual.pca import UnitPCA
-from residual.tables import with_keys, write_table
-from residual.workflow import rule_context
+from residual.spectral.tables import similarity_table
+from residual.spectral.pca import UnitPCA
+from residual.report.tables import with_keys, write_table
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     params, wildcards = snakemake.params, snakemake.wildcards

@@ -1,5 +1,5 @@
-from residual.tables import concat_tables, layer_summary, write_table
-from residual.workflow import rule_context
+from residual.report.tables import concat_tables, layer_summary, write_table
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     params = snakemake.params

@@ -1,7 +1,7 @@
-from residual.atomic import atomic_path
+from residual.io.atomic import atomic_path
 from residual.data.sources import load_source
 from residual.data.splits import split_table
-from residual.workflow import rule_context
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     source = load_source(snakemake.params.name, snakemake.params.spec, snakemake.params.seed)

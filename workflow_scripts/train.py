@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from residual.device import pick_device
-from residual.experiment import SPLITS, run_variant, save_run
-from residual.workflow import rule_context
+from residual.runtime.device import pick_device
+from residual.alignment.run import SPLITS, run_variant, save_run
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     params, wildcards, inputs = snakemake.params, snakemake.wildcards, snakemake.input

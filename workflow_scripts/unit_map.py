@@ -1,5 +1,5 @@
 from residual import load_model
-from residual.workflow import rule_context
+from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
     model = load_model(snakemake.params.spec, name=snakemake.params.name, device="cpu")

@@ -1,8 +1,8 @@
 """ResiDual: residual-unit decomposition, spectral analysis and alignment of vision transformers."""
 
-from residual.decompose import Decomposition, decompose, trace
+from residual.units.decompose import Decomposition, decompose, trace
 from residual.models import LoadedModel, load_model
-from residual.store import read_units
+from residual.units.store import read_units
 
 __all__ = ["Decomposition", "LoadedModel", "decompose", "load_model", "read_units", "trace"]
 __version__ = "0.1.0"

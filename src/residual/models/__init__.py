@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from residual.device import pick_device
-from residual.tower import Tower, UnsupportedModelError
-from residual.unit_map import UnitMap
-from residual.units import UnitLayout
+from residual.runtime.device import pick_device
+from residual.models.tower import Tower, UnsupportedModelError
+from residual.units.unit_map import UnitMap
+from residual.units.layout import UnitLayout
 
 LIBRARIES = ("open_clip", "timm", "transformers")
 

@@ -22,7 +22,7 @@ from torchvision import transforms
 from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor
 from transformers.models.blip.modeling_blip import BlipAttention, BlipEncoderLayer
 
-from residual.tower import AttentionWeights, Block, Tower, UnsupportedModelError
+from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 ARCH = "BlipForImageTextRetrieval"
 

@@ -8,7 +8,7 @@ import open_clip
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
-from residual.tower import AttentionWeights, Block, Tower, UnsupportedModelError
+from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 
 def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[str, Any]]:

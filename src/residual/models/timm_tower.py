@@ -11,7 +11,7 @@ from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from residual.tower import AttentionWeights, Block, Tower, UnsupportedModelError
+from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 
 def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[str, Any]]:

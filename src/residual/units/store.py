@@ -25,9 +25,9 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
-from residual.decompose import RawUnits
-from residual.unit_map import UnitMap
-from residual.units import UnitLayout
+from residual.units.decompose import RawUnits
+from residual.units.unit_map import UnitMap
+from residual.units.layout import UnitLayout
 
 FORMAT = "residual-units/1"
 METADATA_KEY = b"residual"

@@ -16,12 +16,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from residual.atomic import atomic_path
+from residual.io.atomic import atomic_path
 from residual.data.sources import Source, prepare
-from residual.decompose import checked_values, trace
+from residual.units.decompose import checked_values, trace
 from residual.models import LoadedModel
-from residual.store import UnitFileError, UnitWriter
-from residual.unit_map import UnitMap
+from residual.units.store import UnitFileError, UnitWriter
+from residual.units.unit_map import UnitMap
 
 READBACK_TOLERANCE = 1e-3
 

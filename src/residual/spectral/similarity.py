@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from residual.intrinsic_dimension import linear_id
+from residual.spectral.intrinsic_dimension import linear_id
 
 
 def spectral_cosine(

@@ -2,9 +2,9 @@
 
     RD_u(x) = Phi_u^T diag(lambda_u) Phi_u (x - mu_u)      (the mean is not added back)
 
-Each variant is a feature plan (`residual.features`: which units, which components, what happens
+Each variant is a feature plan (`residual.alignment.features`: which units, which components, what happens
 to the others) plus a small module mapping a batch of `Features` to the image representation
-[b, d], which a fixed `residual.classifier.ZeroShotClassifier` turns into logits. `finetune` (the whole vision tower)
+[b, d], which a fixed `residual.alignment.classifier.ZeroShotClassifier` turns into logits. `finetune` (the whole vision tower)
 needs the images, not stored units, and is not built here.
 
 Facts from the authors' code (Flegyas/ResiDual, `src/residual/nn/adapter.py`, `conf/train/*.gin`):
@@ -34,9 +34,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from residual.features import Ablation, FeaturePlan, Features, make_plan
-from residual.pca import OUTPUT, UnitPCA
-from residual.units import unit_coordinates
+from residual.alignment.features import Ablation, FeaturePlan, Features, make_plan
+from residual.spectral.pca import OUTPUT, UnitPCA
+from residual.units.layout import unit_coordinates
 
 Init = Literal["ones", "randn"]
 FINE_THRESHOLD = 0.90

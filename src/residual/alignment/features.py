@@ -26,9 +26,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from residual.decompose import check_finite_values
-from residual.pca import OUTPUT, UnitPCA
-from residual.store import StoredUnits, UnitFile
+from residual.units.decompose import check_finite_values
+from residual.spectral.pca import OUTPUT, UnitPCA
+from residual.units.store import StoredUnits, UnitFile
 
 Ablation = Literal["sum", "mean", "zero"]
 ABLATIONS: tuple[Ablation, ...] = ("sum", "mean", "zero")

@@ -1,7 +1,7 @@
 """The fixed classifiers that the variants are trained through (METHOD section 9).
 
 Zero-shot weights: for models with a text tower (CLIP, BLIP), per class every OpenAI template is
-encoded, L2-normalised and averaged (`residual.text.zero_shot_classifier`); models without one
+encoded, L2-normalised and averaged (`residual.models.text.zero_shot_classifier`); models without one
 (ViT, DINOv2) use the class means of their train embeddings.
 
 Facts from the authors' code (`src/residual/nn/classifier.py`, CentroidClassifier): logits are
@@ -23,12 +23,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from residual.atomic import atomic_path
+from residual.io.atomic import atomic_path
 from residual.data.classnames import openai_templates
 from residual.data.sources import load_source
 from residual.models import LoadedModel, load_model
-from residual.store import UnitFile
-from residual.text import has_text_tower, zero_shot_classifier
+from residual.units.store import UnitFile
+from residual.models.text import has_text_tower, zero_shot_classifier
 
 Logits = Literal["raw", "normalized"]
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's trained exp(logit_scale), used where a model has none

@@ -25,9 +25,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from residual.atomic import atomic_path
-from residual.tower import Tower, layer_scale_vector
-from residual.units import UnitLayout
+from residual.io.atomic import atomic_path
+from residual.models.tower import Tower, layer_scale_vector
+from residual.units.layout import UnitLayout
 
 
 @dataclass(frozen=True)

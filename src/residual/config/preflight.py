@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from residual.config import ConfigError, active_models
+from residual.config.validate import ConfigError, active_models
 from residual.data.catalog import DATASETS
 from residual.data.sources import LOADERS
 from residual.models import looks_like_path

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from residual.models import LoadedModel
-from residual.tower import Block, Tower, layer_scale_vector
-from residual.unit_map import UnitMap
-from residual.units import UnitLayout
+from residual.models.tower import Block, Tower, layer_scale_vector
+from residual.units.unit_map import UnitMap
+from residual.units.layout import UnitLayout
 
 TOLERANCE = 1e-4
 

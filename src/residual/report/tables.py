@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 from tabulate import tabulate
 
-from residual.atomic import atomic_path
-from residual.store import UnitFile
+from residual.io.atomic import atomic_path
+from residual.units.store import UnitFile
 
 DEMO_NOTE = "Demo run: random weights and toy data. These numbers are not the paper's."
 

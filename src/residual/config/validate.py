@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA = yaml.safe_load(files("residual").joinpath("schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(files("residual.config").joinpath("schema.yaml").read_text())
 
 
 class ConfigError(ValueError):

@@ -25,10 +25,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from residual.atomic import atomic_path
-from residual.decompose import check_finite_values
-from residual.intrinsic_dimension import linear_id
-from residual.store import UnitFile
+from residual.io.atomic import atomic_path
+from residual.units.decompose import check_finite_values
+from residual.spectral.intrinsic_dimension import linear_id
+from residual.units.store import UnitFile
 
 FORMAT = "residual-pca/1"
 OUTPUT = "output"  # the model's embedding (the sum of all units), fitted alongside the units

@@ -32,11 +32,11 @@ from safetensors.torch import save_file
 from schedulefree import AdamWScheduleFree
 from torch import Tensor, nn
 
-from residual.adapters import trainable_parameters
-from residual.classifier import ZeroShotClassifier
-from residual.atomic import atomic_path
-from residual.decompose import NonFiniteError
-from residual.features import Features
+from residual.alignment.variants import trainable_parameters
+from residual.alignment.classifier import ZeroShotClassifier
+from residual.io.atomic import atomic_path
+from residual.units.decompose import NonFiniteError
+from residual.alignment.features import Features
 
 log = logging.getLogger(__name__)
 

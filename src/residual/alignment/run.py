@@ -18,14 +18,14 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from residual.adapters import VARIANTS, Init, build_variant
-from residual.atomic import atomic_path
-from residual.classifier import Logits, load_classifier
-from residual.features import spectral_features
-from residual.pca import UnitPCA
-from residual.store import UnitFile
-from residual.tables import write_table
-from residual.train import TrainSettings, lr_range_test, train
+from residual.alignment.variants import VARIANTS, Init, build_variant
+from residual.io.atomic import atomic_path
+from residual.alignment.classifier import Logits, load_classifier
+from residual.alignment.features import spectral_features
+from residual.spectral.pca import UnitPCA
+from residual.units.store import UnitFile
+from residual.report.tables import write_table
+from residual.alignment.training import TrainSettings, lr_range_test, train
 
 SPLITS = ("train", "val", "test")
 

@@ -1,0 +1,1 @@
+"""Results as tables a reader opens: Parquet, CSV and Markdown."""
