@@ -20,9 +20,18 @@ import time
 from collections.abc import Callable
 
 import torch
+from common import (
+    add_model_arguments,
+    environment,
+    headline,
+    model_spec,
+    report,
+    set_threads,
+    synchronize,
+    table,
+)
 from torch import Tensor
 
-from common import add_model_arguments, environment, headline, model_spec, report, set_threads, synchronize, table
 from residual import decompose, load_model, trace
 from residual.models import LoadedModel
 

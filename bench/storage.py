@@ -23,16 +23,24 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from common import (
+    add_model_arguments,
+    environment,
+    headline,
+    model_spec,
+    report,
+    set_threads,
+    table,
+)
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from common import add_model_arguments, environment, headline, model_spec, report, set_threads, table
 from residual import decompose, load_model, read_units
 from residual.data.sources import NoiseImages, Source
-from residual.units.encode import SplitImages, encode_split
 from residual.models import LoadedModel
-from residual.units.store import UnitFile
 from residual.report.tables import authors_bytes_per_sample
+from residual.units.encode import EncodeSettings, SplitImages, encode_split
+from residual.units.store import UnitFile
 
 RATIO_TARGET = 0.5
 READBACK_TARGET = 1e-3
@@ -109,7 +117,7 @@ def main() -> None:
         for dtype in args.dtypes:
             path = Path(folder) / f"units_{dtype}.parquet"
             start = time.perf_counter()
-            encode_split(model, source, rows, path, map_path, dtype=dtype, batch_size=args.batch)
+            encode_split(model, source, rows, path, map_path, EncodeSettings(dtype, batch_size=args.batch))
             seconds[f"encode_{dtype}"] = time.perf_counter() - start
             start = time.perf_counter()
             stored = read_units(path)

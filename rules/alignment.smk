@@ -8,10 +8,8 @@ rule classifier:
     output:
         "results/classifiers/{model}/{dataset}.safetensors",
     params:
-        model=model_spec,
-        dataset=dataset_spec,
-        seed=config["seed"],
-        class_means=TRAINING["class_means"],
+        spec=lambda wildcards: ClassifierSpec.from_config(config, wildcards.model, wildcards.dataset).params(),
+        version=CLASSIFIER_VERSION,
     log:
         "logs/classifier/{model}/{dataset}.log",
     benchmark:
@@ -36,7 +34,8 @@ rule train:
         metrics="results/train/{model}/{dataset}/{variant}.parquet",
         parameters="results/train/{model}/{dataset}/{variant}.safetensors",
     params:
-        options=lambda wildcards: TrainingOptions.from_config(config),
+        options=lambda wildcards: TrainingOptions.for_variant(config, wildcards.variant).params(),
+        version=TRAIN_VERSION,
         # Progress saved after every epoch, outside the outputs (Snakemake deletes those of a
         # failed job): an interrupted run resumes from it, and it is removed once the run is done.
         checkpoint=lambda wildcards: f"results/train/{wildcards.model}/{wildcards.dataset}/.{wildcards.variant}.resume.safetensors",

@@ -1,9 +1,24 @@
 # Config validation, the run's models and datasets, and path helpers shared by every rule.
+# Every rule's params are plain values in canonical form (residual.config.params), holding exactly
+# the settings its output depends on, plus its stage's VERSION: Snakemake reruns a job when one of
+# them changes. Device, threads, workers and batch sizes are read by the scripts from the config.
+from residual.alignment.classifier import VERSION as CLASSIFIER_VERSION
+from residual.alignment.classifier import ClassifierSpec
+from residual.alignment.run import VERSION as TRAIN_VERSION
+from residual.alignment.run import TrainingOptions
+from residual.config.params import model_params, source_params, split_params
+from residual.config.preflight import check_config, missing_inputs, require_inputs
 from residual.config.validate import active_models, id_datasets, validate_config
 from residual.data.catalog import DATASETS as DATASETS_WITH_FILES
-from residual.alignment.run import TrainingOptions
-from residual.config.preflight import check_config, missing_inputs, require_inputs
+from residual.data.sequences import SPLITS
+from residual.data.splits import VERSION as SPLIT_VERSION
 from residual.models.text import has_text_tower
+from residual.report.tables import VERSION as TABLES_VERSION
+from residual.spectral.intrinsic_dimension import VERSION as ID_VERSION
+from residual.spectral.pca import FORMAT as PCA_FORMAT
+from residual.spectral.similarity import VERSION as SIMILARITY_VERSION
+from residual.units.store import FORMAT as UNITS_FORMAT
+from residual.units.unit_map import VERSION as UNIT_MAP_VERSION
 from snakemake.logging import logger
 
 validate_config(config, source="config")
@@ -29,7 +44,6 @@ onstart:
 
 MODELS = active_models(config)
 DATASETS = list(config["datasets"])
-SPLITS = ["train", "val", "test"]
 ENCODE = config["encode"]
 ANALYSIS = config["analysis"]
 TRAINING = config["training"]
@@ -56,7 +70,8 @@ wildcard_constraints:
 
 
 def model_spec(wildcards):
-    return config["models"][wildcards.model]
+    """What decides the model's weights (`residual.config.params.model_params`)."""
+    return model_params(config["models"][wildcards.model])
 
 
 def local_weights(wildcards):
@@ -67,8 +82,14 @@ def local_weights(wildcards):
     return [path for path in candidates if path and Path(path).exists()]
 
 
-def dataset_spec(wildcards):
-    return config["datasets"][wildcards.dataset]
+def dataset_source(wildcards):
+    """What decides the dataset's images and labels (`source_params`)."""
+    return source_params(config["datasets"][wildcards.dataset])
+
+
+def dataset_split(wildcards):
+    """What decides the dataset's split table (`split_params`)."""
+    return split_params(config["datasets"][wildcards.dataset])
 
 
 def has_files(spec):

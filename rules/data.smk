@@ -5,8 +5,8 @@ rule download:
     output:
         touch("results/downloads/{dataset}.done"),
     params:
-        name=lambda wildcards: wildcards.dataset,
-        spec=dataset_spec,
+        # Not `download`: whether files may be fetched changes no file that is already there.
+        source=dataset_source,
     log:
         "logs/download/{dataset}.log",
     benchmark:
@@ -27,9 +27,9 @@ rule split:
     output:
         "results/splits/{dataset}.parquet",
     params:
-        name=lambda wildcards: wildcards.dataset,
-        spec=dataset_spec,
+        dataset=dataset_split,
         seed=config["seed"],
+        version=SPLIT_VERSION,
     log:
         "logs/split/{dataset}.log",
     benchmark:

@@ -9,6 +9,7 @@ rule decomposition_table:
     params:
         run_name=config["run_name"],
         demo=config["demo"],
+        version=TABLES_VERSION,
     log:
         "logs/tables/decomposition.log",
     benchmark:
@@ -31,6 +32,7 @@ rule intrinsic_dimension_table:
     params:
         run_name=config["run_name"],
         demo=config["demo"],
+        version=TABLES_VERSION,
         title="Intrinsic dimension of every unit (linear k(0.99) and TwoNN)",
         summarise=["linear_id", "twonn_id", "linear_over_twonn", "first_evr"],
     log:
@@ -55,6 +57,7 @@ rule similarity_table:
     params:
         run_name=config["run_name"],
         demo=config["demo"],
+        version=TABLES_VERSION,
         title=f"Similarity of each unit's principal subspace to its subspace on {REFERENCE}",
         summarise=["similarity", "similarity_unweighted", "k_reference", "k_dataset"],
     log:
@@ -79,6 +82,7 @@ rule training_table:
     params:
         run_name=config["run_name"],
         demo=config["demo"],
+        version=TABLES_VERSION,
         title=f"Test accuracy of ResiDual and its baselines (bases fitted on {REFERENCE})",
     log:
         "logs/tables/training.log",

@@ -11,7 +11,8 @@ rule pca:
         "logs/pca/{model}/{dataset}.log",
     benchmark:
         "benchmarks/pca/{model}/{dataset}.tsv"
-    # No params: the PCA depends only on the unit file (batching and device change float rounding only).
+    params:
+        version=PCA_FORMAT,
     threads: ANALYSIS["threads"]
     resources:
         mem_mb=ANALYSIS["mem_mb"],
@@ -33,6 +34,7 @@ rule intrinsic_dimension:
         fraction=ANALYSIS["twonn_fraction"],
         threshold=ANALYSIS["linear_id_threshold"],
         seed=config["seed"],
+        version=ID_VERSION,
     log:
         "logs/intrinsic_dimension/{model}/{dataset}.log",
     benchmark:
@@ -56,6 +58,7 @@ rule similarity:
     params:
         reference=REFERENCE,
         threshold=ANALYSIS["similarity_threshold"],
+        version=SIMILARITY_VERSION,
     log:
         "logs/similarity/{model}/{dataset}.log",
     benchmark:

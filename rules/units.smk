@@ -7,8 +7,8 @@ rule unit_map:
     output:
         "results/units/{model}/unit_map.safetensors",
     params:
-        name=lambda wildcards: wildcards.model,
-        spec=model_spec,
+        model=model_spec,
+        version=UNIT_MAP_VERSION,
     log:
         "logs/unit_map/{model}.log",
     benchmark:
@@ -34,11 +34,11 @@ rule encode:
         "results/units/{model}/{dataset}/{split}.parquet",
     params:
         model=model_spec,
-        dataset=dataset_spec,
+        # The split table (an input) decides which samples; the source what they are.
+        source=dataset_source,
         seed=config["seed"],
         dtype=ENCODE["dtype"],
-        batch_size=ENCODE["batch_size"],
-        rows_per_group=ENCODE["rows_per_group"],
+        version=UNITS_FORMAT,
     log:
         "logs/encode/{model}/{dataset}/{split}.log",
     benchmark:

@@ -61,7 +61,7 @@ def digit_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from residual import load_model
     from residual.data.sources import load_source
     from residual.data.splits import split_table
-    from residual.units.encode import encode_split
+    from residual.units.encode import EncodeSettings, encode_split
 
     folder = tmp_path_factory.mktemp("digit_units")
     model = load_model(TINY_OPEN_CLIP, name="clip_tiny", device="cpu")
@@ -75,5 +75,5 @@ def digit_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths[split] = folder / "digits" / f"{split}.parquet"
         selected = rows.filter(pl.col("split") == split)
         metadata = {"dataset": "digits", "split": split}
-        encode_split(model, source, selected, paths[split], unit_map, "float32", batch_size=32, rows_per_group=32, metadata=metadata)
+        encode_split(model, source, selected, paths[split], unit_map, EncodeSettings("float32", batch_size=32, rows_per_group=32), metadata)
     return paths

@@ -7,9 +7,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from residual.alignment.variants import VARIANTS, build_variant, trainable_parameters
 from residual.alignment.classifier import ZeroShotClassifier, class_mean_classifier
-from residual.alignment.features import ABLATIONS, Features, make_plan, spectral_features
+from residual.alignment.features import (
+    ABLATIONS,
+    Features,
+    make_plan,
+    spectral_features,
+)
+from residual.alignment.variants import VARIANTS, build_variant, trainable_parameters
 from residual.spectral.pca import OUTPUT, UnitPCA, fit_pca, fit_unit_file
 from residual.units.store import StoredUnits, UnitFile
 

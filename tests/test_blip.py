@@ -12,9 +12,10 @@ from PIL import Image
 from transformers import BertTokenizer, BlipImageProcessor
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-from residual.units.decompose import TOLERANCE, decompose
 from residual.models import LoadedModel, ModelSpecError, load_model
 from residual.models.text import NoTextTowerError, encode_text
+from residual.units.decompose import decompose
+from residual.units.guards import TOLERANCE
 
 LAYERS, HEADS, OUT, SIZE = 2, 4, 24, 32
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "the", "dog", "cat", "car", "an", "image"]

@@ -14,15 +14,17 @@ from safetensors.torch import save_file
 
 from residual.alignment.classifier import (
     DEFAULT_LOGIT_SCALE,
+    ClassifierSpec,
+    ClassWeights,
     build_classifier,
     class_means_from_units,
     load_classifier,
-    save_classifier,
 )
+from residual.config.params import model_params, source_params
 from residual.data.classnames import openai_templates
 from residual.models import load_model
-from residual.units.store import read_units
 from residual.models.text import zero_shot_classifier
+from residual.units.store import read_units
 
 DIGITS = {"loader": "digits", "split": {"rule": "resplit", "val": 0.2, "test": 0.2, "subset": 60}}
 CLASSES = [str(digit) for digit in range(10)]
@@ -36,7 +38,7 @@ def dino_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     from residual.data.sources import load_source
     from residual.data.splits import split_table
-    from residual.units.encode import encode_split
+    from residual.units.encode import EncodeSettings, encode_split
 
     folder = tmp_path_factory.mktemp("dino_units")
     model = load_model(TINY_DINOV2, name="dino_tiny", device="cpu")
@@ -49,14 +51,15 @@ def dino_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, rows in (("train", train), ("no_nine", train.filter(pl.col("label") != 9))):
         paths[name] = folder / f"{name}.parquet"
         metadata = {"dataset": "digits", "split": "train"}
-        encode_split(model, source, rows, paths[name], unit_map, "float32", batch_size=32, rows_per_group=32, metadata=metadata)
+        encode_split(model, source, rows, paths[name], unit_map, EncodeSettings("float32", batch_size=32, rows_per_group=32), metadata)
     return paths
 
 
 def test_open_clip_classifier_is_the_zero_shot_text_classifier() -> None:
     """An open_clip model gets text weights: OpenAI's MNIST template (borrowed by digits) over the
     class names '0'..'9', unit-norm rows, and the freshly loaded model's exp(logit_scale)."""
-    weights, classes, source, scale = build_classifier("clip_tiny", TINY_OPEN_CLIP, "digits", DIGITS, 42, None, "plain")
+    built = build_classifier("clip_tiny", "digits", ClassifierSpec(source_params(DIGITS), model_params(TINY_OPEN_CLIP), None))
+    weights, classes, source, scale = built.weights, built.classes, built.source, built.logit_scale
     assert (source, classes) == ("text", CLASSES)
     assert weights.shape == (10, 32) and weights.dtype == torch.float32
     torch.testing.assert_close(weights.norm(dim=-1), torch.ones(10))
@@ -71,9 +74,8 @@ def test_open_clip_classifier_is_the_zero_shot_text_classifier() -> None:
 def test_timm_classifier_is_the_class_means_of_the_train_file(dino_units: dict[str, Path], class_means: str) -> None:
     """A timm model gets the per-class mean of the train file's embeddings, L2-normalised only for
     'normalized'; the oracle loops over the classes of the file read back with read_units."""
-    weights, classes, source, scale = build_classifier(
-        "dino_tiny", TINY_DINOV2, "digits", DIGITS, 42, dino_units["train"], class_means
-    )
+    built = build_classifier("dino_tiny", "digits", ClassifierSpec(source_params(DIGITS), None, class_means), dino_units["train"])
+    weights, classes, source, scale = built.weights, built.classes, built.source, built.logit_scale
     assert (source, classes, scale) == ("class_means", CLASSES, DEFAULT_LOGIT_SCALE)
     stored = read_units(dino_units["train"])
     embedding = stored.embedding.double()
@@ -89,7 +91,7 @@ def test_timm_classifier_is_the_class_means_of_the_train_file(dino_units: dict[s
 def test_timm_classifier_without_train_units_names_the_model() -> None:
     """A model without a text tower cannot build a classifier without its train unit file."""
     with pytest.raises(ValueError, match=r"model 'dino_tiny' has no text tower.*train unit file of 'digits'"):
-        build_classifier("dino_tiny", TINY_DINOV2, "digits", DIGITS, 42, None, "plain")
+        build_classifier("dino_tiny", "digits", ClassifierSpec(source_params(DIGITS), None, "plain"))
 
 
 def test_class_means_of_a_file_missing_a_class_name_the_file(dino_units: dict[str, Path]) -> None:
@@ -106,7 +108,7 @@ def test_save_and_load_round_trip_and_logit_conventions(tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(0)
     weights = F.normalize(torch.randn(10, 32, generator=generator), dim=-1)
     path = tmp_path / "classifier.safetensors"
-    save_classifier(path, weights, CLASSES, "text", 14.285714)
+    ClassWeights(weights, CLASSES, "text", 14.285714).save(path)
     x = 3.0 * torch.randn(7, 32, generator=generator)
 
     raw, header = load_classifier(path, "raw")
@@ -126,7 +128,7 @@ def test_save_and_load_round_trip_and_logit_conventions(tmp_path: Path) -> None:
 def test_broken_classifier_files_name_the_path(tmp_path: Path) -> None:
     """Truncated, non-safetensors and header-less classifier files raise ValueError naming the path."""
     good = tmp_path / "good.safetensors"
-    save_classifier(good, torch.eye(10, 32), CLASSES, "class_means", DEFAULT_LOGIT_SCALE)
+    ClassWeights(torch.eye(10, 32), CLASSES, "class_means", DEFAULT_LOGIT_SCALE).save(good)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     garbage = tmp_path / "garbage.safetensors"

@@ -9,7 +9,13 @@ import pytest
 import yaml
 from conftest import REPO
 
-from residual.config.validate import ConfigError, active_models, id_datasets, load_config, validate_config
+from residual.config.validate import (
+    ConfigError,
+    active_models,
+    id_datasets,
+    load_config,
+    validate_config,
+)
 
 
 @pytest.mark.parametrize("path", ["config.yaml", "configs/demo.yaml", "tests/configs/tiny.yaml"])

@@ -12,13 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import fake_datasets
 import numpy as np
 import polars as pl
 import pytest
+from fake_datasets import Fake
 from PIL import Image
 
-import fake_datasets
-from fake_datasets import Fake
 from residual.data import catalog
 from residual.data.catalog import DATASETS
 from residual.data.classnames import by_index, by_name, openai_classes, openai_templates

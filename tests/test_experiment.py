@@ -14,10 +14,16 @@ import yaml
 from conftest import REPO, TINY_OPEN_CLIP
 from safetensors.torch import load_file
 
-from residual.alignment.variants import VARIANTS, build_variant, trainable_parameters
-from residual.alignment.classifier import build_classifier, class_means_from_units, save_classifier
-from residual.config.validate import SCHEMA, load_config, validate_config
+from residual.alignment.classifier import (
+    ClassifierSpec,
+    ClassWeights,
+    build_classifier,
+    class_means_from_units,
+)
 from residual.alignment.run import TrainingOptions, run_variant
+from residual.alignment.variants import VARIANTS, build_variant, trainable_parameters
+from residual.config.params import model_params, source_params
+from residual.config.validate import SCHEMA, load_config, validate_config
 from residual.spectral.pca import UnitPCA, fit_unit_file
 from residual.units.store import read_units
 
@@ -25,8 +31,17 @@ ROW_KEYS = {
     "variant", "label", "classifier", "logits", "lambda_init", "lr", "trainable_parameters",
     "val_accuracy", "test_accuracy", "best_epoch", "epochs_run", "energy_outside_basis",
 }  # fmt: skip
-OPTIONS = TrainingOptions(epochs=2, feature_batch_size=64, seed=42)
+TRAINING = {
+    "logits": "raw", "lambda_init": "randn", "lr_residual": 0.8, "lr_adapter": 1e-3, "lr_range_test": False,
+    "batch_size": 64, "epochs": 2, "patience": 5,
+}  # fmt: skip
+
+
+def options(variant: str, **changes: Any) -> TrainingOptions:
+    """The tests' options of `variant` (the config's defaults but 2 epochs), with `changes`."""
+    return dataclasses.replace(TrainingOptions.for_variant({"seed": 42, "training": TRAINING}, variant), **changes)
 DIGITS = {"loader": "digits", "split": {"rule": "resplit", "val": 0.2, "test": 0.2, "subset": 150}}
+TEXT_SPEC = ClassifierSpec(source_params(DIGITS), model_params(TINY_OPEN_CLIP), None)
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +52,21 @@ def inputs(digit_units: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     folder = tmp_path_factory.mktemp("experiment")
     pca, classifier, means = (folder / f"{name}.safetensors" for name in ("pca", "classifier", "means"))
     fit_unit_file(digit_units["train"]).save(pca)
-    save_classifier(classifier, *build_classifier("clip_tiny", TINY_OPEN_CLIP, "digits", DIGITS, 42, None, "plain"))
+    build_classifier("clip_tiny", "digits", TEXT_SPEC).save(classifier)
     weights = class_means_from_units(digit_units["train"], 10, normalize=True)
-    save_classifier(means, weights, [str(digit) for digit in range(10)], "class_means", 100.0)
+    ClassWeights(weights, [str(digit) for digit in range(10)], "class_means", 100.0).save(means)
     return {"units": digit_units, "pca": pca, "classifier": classifier, "means": means}
 
 
 def run(
     inputs: dict[str, Any],
     variant: str,
-    options: TrainingOptions = OPTIONS,
+    settings: TrainingOptions | None = None,
     checkpoint: Path | None = None,
     classifier: str = "classifier",
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    return run_variant(variant, inputs["units"], inputs["pca"], inputs[classifier], options, "cpu", checkpoint)
+    settings = options(variant) if settings is None else settings
+    return run_variant(variant, inputs["units"], inputs["pca"], inputs[classifier], settings, "cpu", checkpoint, feature_batch_size=64)
 
 
 def stored_accuracy(units: Path, classifier: Path) -> float:
@@ -61,41 +77,47 @@ def stored_accuracy(units: Path, classifier: Path) -> float:
 
 
 def test_options_take_every_training_key_and_the_run_seed() -> None:
-    """from_config reads each option from the validated `training` block (every one set here to a
-    value other than the dataclass default) and the seed from the top level."""
+    """for_variant reads each option from the validated `training` block (every one set here to a
+    value other than the dataclass default) and the seed from the top level; the round trip through
+    a rule's params gives the same options."""
     fields = {field.name for field in dataclasses.fields(TrainingOptions)}
-    assert fields - {"seed"} <= set(SCHEMA["properties"]["training"]["properties"])
+    assert fields - {"seed", "lr"} <= set(SCHEMA["properties"]["training"]["properties"])
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     changed = {
         "lambda_init": "ones", "logits": "normalized", "lr_residual": 0.5, "lr_adapter": 0.02, "lr_range_test": True,
-        "batch_size": 16, "epochs": 4, "patience": 2, "feature_batch_size": 32,
+        "batch_size": 16, "epochs": 4, "patience": 2,
     }  # fmt: skip
-    assert set(changed) == fields - {"seed"}
     config["training"].update(changed)
     config["seed"] = 7
-    options = TrainingOptions.from_config(validate_config(config))
-    assert dataclasses.asdict(options) == {**changed, "seed": 7}
+    config = validate_config(config)
+    options = TrainingOptions.for_variant(config, "residual_full")
+    expected = {key: value for key, value in changed.items() if key not in ("lr_residual", "lr_adapter")}
+    assert dataclasses.asdict(options) == {**expected, "lr": 0.5, "seed": 7}
     for field in dataclasses.fields(TrainingOptions):
         assert getattr(options, field.name) != field.default, field.name
+    assert TrainingOptions(**options.params()) == options
 
     tiny = load_config(REPO / "tests/configs/tiny.yaml")
-    options = TrainingOptions.from_config(tiny)
-    assert options.seed == tiny["seed"]
-    assert all(getattr(options, name) == tiny["training"][name] for name in fields - {"seed"})
-    assert (options.epochs, options.feature_batch_size) == (3, 256)
+    options = TrainingOptions.for_variant(tiny, "linear_adapter")
+    assert options.seed == tiny["seed"] and options.lr == tiny["training"]["lr_adapter"]
+    assert all(getattr(options, name) == tiny["training"][name] for name in fields - {"seed", "lr"})
+    assert options.epochs == 3
 
 
 def test_lr_of_each_variant() -> None:
-    """residual_* variants train at lr_residual, the adapters (and base) at lr_adapter."""
-    options = TrainingOptions(lr_residual=0.7, lr_adapter=0.003)
-    assert {name: options.lr(name) for name in sorted(VARIANTS)} == {
-        "base": 0.003,
+    """residual_* variants train at lr_residual, the adapters at lr_adapter; base trains nothing, so
+    of the training settings only the logit convention applies to it (no other key reruns it)."""
+    config = {"seed": 42, "training": {**TRAINING, "lr_residual": 0.7, "lr_adapter": 0.003}}
+    assert {name: TrainingOptions.for_variant(config, name).lr for name in sorted(VARIANTS)} == {
+        "base": None,
         "linear_adapter": 0.003,
         "residual_coarse": 0.7,
         "residual_fine": 0.7,
         "residual_full": 0.7,
         "spectral_adapter": 0.003,
     }
+    base = TrainingOptions.for_variant(config, "base").params()
+    assert {key for key, value in base.items() if value is not None} == {"logits"}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -106,9 +128,9 @@ def test_row_of_every_variant(inputs: dict[str, Any], variant: str) -> None:
     row, best = run(inputs, variant)
     assert set(row) == ROW_KEYS
     assert (row["variant"], row["label"], row["classifier"]) == (variant, VARIANTS[variant].label, "text")
-    assert (row["logits"], row["lambda_init"]) == ("raw", "randn")
+    assert (row["logits"], row["lambda_init"]) == ("raw", None if variant == "base" else "randn")  # base has no init
     reference = UnitPCA.load(inputs["pca"])
-    module = build_variant(variant, reference, OPTIONS.lambda_init, OPTIONS.seed)[1]
+    module = build_variant(variant, reference, "randn", 42)[1]
     assert row["trainable_parameters"] == trainable_parameters(module)
     assert 0.0 <= row["val_accuracy"] <= 1.0 and 0.0 <= row["test_accuracy"] <= 1.0
     if variant == "base":
@@ -117,7 +139,7 @@ def test_row_of_every_variant(inputs: dict[str, Any], variant: str) -> None:
             expected = stored_accuracy(inputs["units"][split], inputs["classifier"])
             assert row[f"{split}_accuracy"] == pytest.approx(expected, abs=1e-12), split
     else:
-        assert row["trainable_parameters"] > 0 and row["lr"] == OPTIONS.lr(variant)
+        assert row["trainable_parameters"] > 0 and row["lr"] == options(variant).lr
         assert row["epochs_run"] == 2 and row["best_epoch"] in (1, 2)
         assert set(best) == {name for name, parameter in module.named_parameters() if parameter.requires_grad}
     if variant == "linear_adapter":
@@ -136,7 +158,7 @@ def test_row_of_every_variant(inputs: dict[str, Any], variant: str) -> None:
 def test_base_scores_the_stored_classifier(inputs: dict[str, Any], logits: str) -> None:
     """base's accuracies are those of the classifier file on the stored embeddings (argmax is the
     same under either logit convention), and the row names the classifier's source."""
-    row, _ = run(inputs, "base", dataclasses.replace(OPTIONS, logits=logits), classifier="means")
+    row, _ = run(inputs, "base", options("base", logits=logits), classifier="means")
     assert (row["classifier"], row["logits"]) == ("class_means", logits)
     for split in ("test", "val"):
         expected = stored_accuracy(inputs["units"][split], inputs["means"])
@@ -149,16 +171,16 @@ def test_checkpoint_is_kept_and_resumed(inputs: dict[str, Any], tmp_path: Path, 
     epoch and resumed to two equals the uninterrupted run, and so does a rerun from the final file."""
     checkpoint = tmp_path / "residual_full.safetensors"
     whole, whole_best = run(inputs, "residual_full")
-    run(inputs, "residual_full", dataclasses.replace(OPTIONS, epochs=1), checkpoint)
+    run(inputs, "residual_full", options("residual_full", epochs=1), checkpoint)
     assert checkpoint.is_file()
     with caplog.at_level(logging.INFO, logger="residual.alignment.training"):
-        resumed, resumed_best = run(inputs, "residual_full", OPTIONS, checkpoint)
+        resumed, resumed_best = run(inputs, "residual_full", checkpoint=checkpoint)
     assert "resumed from" in caplog.text and "after epoch 1" in caplog.text
     assert resumed == whole and torch.equal(resumed_best["lambdas"], whole_best["lambdas"])
     assert checkpoint.is_file()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="residual.alignment.training"):
-        rerun, _ = run(inputs, "residual_full", OPTIONS, checkpoint)
+        rerun, _ = run(inputs, "residual_full", checkpoint=checkpoint)
     assert "after epoch 2" in caplog.text and "epoch 3" not in caplog.text
     assert rerun == whole
 
@@ -166,11 +188,11 @@ def test_checkpoint_is_kept_and_resumed(inputs: dict[str, Any], tmp_path: Path, 
 def test_lr_range_test_sets_the_lr_of_trainable_variants(inputs: dict[str, Any]) -> None:
     """With lr_range_test the recorded lr is the range test's choice, not the configured one; base
     has no lr to choose and keeps lr None."""
-    options = dataclasses.replace(OPTIONS, lr_range_test=True)
-    row, _ = run(inputs, "residual_full", options)
-    assert row["lr"] != OPTIONS.lr("residual_full") and 1e-3 <= row["lr"] <= 1.0
-    assert run(inputs, "residual_full", options)[0] == row  # the choice is deterministic
-    base, _ = run(inputs, "base", options)
+    settings = options("residual_full", lr_range_test=True)
+    row, _ = run(inputs, "residual_full", settings)
+    assert row["lr"] != options("residual_full").lr and 1e-3 <= row["lr"] <= 1.0
+    assert run(inputs, "residual_full", settings)[0] == row  # the choice is deterministic
+    base, _ = run(inputs, "base", options("base", lr_range_test=True))
     assert base["lr"] is None and base == run(inputs, "base")[0]
 
 

@@ -13,13 +13,18 @@ import pytest
 import torch
 
 from residual import read_units
-from residual.units.decompose import NonFiniteError
 from residual.alignment.features import make_plan, spectral_features
-from residual.spectral.tables import intrinsic_dimension_table, sample_positions, sampled_points, similarity_table
+from residual.report.tables import layer_summary
 from residual.spectral.intrinsic_dimension import two_nn
 from residual.spectral.pca import OUTPUT, fit_pca, fit_unit_file
+from residual.spectral.tables import (
+    intrinsic_dimension_table,
+    sample_positions,
+    sampled_points,
+    similarity_table,
+)
+from residual.units.guards import NonFiniteError
 from residual.units.store import UnitFile
-from residual.report.tables import layer_summary
 
 
 def test_sampled_points_are_the_seeded_rows_of_the_file(digit_units: dict[str, Path]) -> None:

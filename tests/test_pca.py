@@ -12,10 +12,10 @@ import torch
 from sklearn.decomposition import PCA
 
 from residual import read_units
-from residual.units.decompose import NonFiniteError
 from residual.spectral.pca import OUTPUT, PCAFileError, UnitPCA, fit_pca, fit_unit_file
-from residual.units.unit_map import UnitMap
+from residual.units.guards import NonFiniteError
 from residual.units.layout import UnitLayout
+from residual.units.unit_map import UnitMap
 
 
 def _values(n: int = 400, units: int = 3, d: int = 12, seed: int = 0) -> torch.Tensor:

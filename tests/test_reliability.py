@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fake_datasets
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
@@ -38,18 +39,23 @@ from polars.testing import assert_frame_equal
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import fake_datasets
 from residual import load_model, read_units
+from residual.config.preflight import (
+    PreflightError,
+    check_config,
+    missing_inputs,
+    require_inputs,
+)
 from residual.config.validate import ConfigError, load_config, validate_config
 from residual.data.sequences import DatasetError
 from residual.data.sources import load_source
 from residual.data.splits import read_split, split_table
-from residual.units.decompose import NonFiniteError, decompose
-from residual.units.encode import encode_split
 from residual.models import LoadedModel, ModelSpecError
-from residual.config.preflight import PreflightError, check_config, missing_inputs, require_inputs
-from residual.units.store import UnitFile, UnitFileError
 from residual.report.tables import decomposition_table
+from residual.units.decompose import decompose
+from residual.units.encode import EncodeSettings, encode_split
+from residual.units.guards import NonFiniteError
+from residual.units.store import UnitFile, UnitFileError
 
 TINY = REPO / "tests/configs/tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -225,7 +231,7 @@ def encode_random(model: LoadedModel, folder: Path, split: str = "train") -> Pat
     if not unit_map.exists():
         model.unit_map.save(unit_map)
     output = folder / "units" / f"{split}.parquet"
-    encode_split(model, source, rows, output, unit_map, rows_per_group=8, batch_size=8)
+    encode_split(model, source, rows, output, unit_map, EncodeSettings(batch_size=8, rows_per_group=8))
     return output
 
 
@@ -534,13 +540,13 @@ from pathlib import Path
 from residual import load_model
 from residual.data.sources import load_source
 from residual.data.splits import split_table
-from residual.units.encode import encode_split
+from residual.units.encode import EncodeSettings, encode_split
 config, out = yaml.safe_load(open(sys.argv[1])), Path(sys.argv[2])
 model = load_model({**config["models"]["clip_tiny"], "seed": config["seed"]}, name="clip_tiny", device="cpu")
 source = load_source("digits", config["datasets"]["digits"], config["seed"])
 rows = split_table(source, config["datasets"]["digits"]["split"], config["seed"], "digits").filter(pl.col("split") == "val")
 model.unit_map.save(out / "unit_map.safetensors")
-encode_split(model, source, rows, out / "units/val.parquet", out / "unit_map.safetensors", batch_size=8, rows_per_group=16)
+encode_split(model, source, rows, out / "units/val.parquet", out / "unit_map.safetensors", EncodeSettings(batch_size=8, rows_per_group=16))
 """
 
 

@@ -14,7 +14,7 @@ from conftest import TINY_DINOV2, TINY_OPEN_CLIP, perturb
 from residual import decompose, load_model, read_units
 from residual.data.sequences import ArrayImages, Source
 from residual.data.splits import split_table
-from residual.units.encode import encode_split
+from residual.units.encode import EncodeSettings, encode_split
 from residual.units.store import UnitFile, UnitFileError
 from residual.units.unit_map import UnitMap
 
@@ -33,7 +33,7 @@ def _encode(tmp_path, spec: dict, dtype: str, count: int = 24):
     map_path = tmp_path / "model" / "unit_map.safetensors"
     model.unit_map.save(map_path)
     output = tmp_path / "model" / "data" / f"train-{dtype}.parquet"
-    result = encode_split(model, source, rows, output, map_path, dtype=dtype, batch_size=5, rows_per_group=7)
+    result = encode_split(model, source, rows, output, map_path, EncodeSettings(dtype, batch_size=5, rows_per_group=7))
     images = torch.stack([model.preprocess(source.parts["all"][i][0]) for i in rows["index"].to_list()])
     return model, rows, output, result, decompose(model, images)
 

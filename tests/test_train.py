@@ -12,11 +12,18 @@ import torch
 from safetensors import safe_open
 from test_adapters import reference_of, toy_units
 
-from residual.alignment.variants import build_variant
 from residual.alignment.classifier import ZeroShotClassifier, class_mean_classifier
-from residual.units.decompose import NonFiniteError
 from residual.alignment.features import Features
-from residual.alignment.training import TrainingDivergedError, TrainResult, TrainSettings, accuracy, lr_range_test, train
+from residual.alignment.training import (
+    TrainingDivergedError,
+    TrainResult,
+    TrainSettings,
+    accuracy,
+    lr_range_test,
+    train,
+)
+from residual.alignment.variants import build_variant
+from residual.units.guards import NonFiniteError
 
 REFERENCE = reference_of(toy_units(200, seed=0))
 SIGNAL = 2.5  # head_1_1 carries the class, drowned in the other units' variance

@@ -119,7 +119,6 @@ def test_tiny_config_end_to_end(tmp_path) -> None:
 def test_conda_env_lists_the_package_dependencies() -> None:
     """envs/residual.yaml (for `--software-deployment-method conda`) must not drift from pyproject.toml."""
     import tomllib
-
     import yaml
 
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]

@@ -1,13 +1,11 @@
-from residual.alignment.classifier import build_classifier, save_classifier
+from residual.alignment.classifier import ClassifierSpec, build_classifier
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
-    params, wildcards = snakemake.params, snakemake.wildcards
-    units = snakemake.input.get("units")
+    wildcards = snakemake.wildcards
     device = pick_device(snakemake.config["encode"]["device"])  # float rounding only: not a param
-    weights, classes, source, scale = build_classifier(
-        wildcards.model, params.model, wildcards.dataset, params.dataset, params.seed, units, params.class_means, device
-    )
-    save_classifier(snakemake.output[0], weights, classes, source, scale)
-    log.info("%s classifier of %s for %s: %d classes, logit scale %.4g", source, wildcards.model, wildcards.dataset, len(classes), scale)
+    spec = ClassifierSpec(**snakemake.params.spec)
+    built = build_classifier(wildcards.model, wildcards.dataset, spec, snakemake.input.get("units"), device)
+    built.save(snakemake.output[0])
+    log.info("%s classifier of %s for %s: %d classes, logit scale %.4g", built.source, wildcards.model, wildcards.dataset, len(built.classes), built.logit_scale)

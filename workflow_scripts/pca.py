@@ -1,6 +1,6 @@
 from residual.runtime.device import pick_device
-from residual.spectral.pca import fit_unit_file
 from residual.runtime.workflow import rule_context
+from residual.spectral.pca import fit_unit_file
 
 with rule_context(snakemake) as log:
     analysis = snakemake.config["analysis"]  # batching, device: float rounding only, not params

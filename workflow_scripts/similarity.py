@@ -1,7 +1,7 @@
-from residual.spectral.tables import similarity_table
-from residual.spectral.pca import UnitPCA
 from residual.report.tables import with_keys, write_table
 from residual.runtime.workflow import rule_context
+from residual.spectral.pca import UnitPCA
+from residual.spectral.tables import similarity_table
 
 with rule_context(snakemake) as log:
     params, wildcards = snakemake.params, snakemake.wildcards

@@ -1,21 +1,23 @@
 from pathlib import Path
 
+from residual.alignment.run import TrainingOptions, run_variant, save_run
+from residual.data.sequences import SPLITS
 from residual.runtime.device import pick_device
-from residual.alignment.run import SPLITS, run_variant, save_run
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:
-    params, wildcards, inputs = snakemake.params, snakemake.wildcards, snakemake.input
-    device = pick_device(snakemake.config["training"]["device"])  # float rounding only: not a param
+    params, wildcards, inputs, training = snakemake.params, snakemake.wildcards, snakemake.input, snakemake.config["training"]
+    device = pick_device(training["device"])  # float rounding only: not a param
     log.info("training %s of %s on %s (%s)", wildcards.variant, wildcards.model, wildcards.dataset, device)
     row, best = run_variant(
         wildcards.variant,
         dict(zip(SPLITS, inputs.units)),
         inputs.reference,
         inputs.classifier,
-        params.options,
+        TrainingOptions(**params.options),
         device=device,
         checkpoint=params.checkpoint,
+        feature_batch_size=training["feature_batch_size"],  # memory and float rounding only: not a param
     )
     row = {"model": wildcards.model, "dataset": wildcards.dataset, **row}
     save_run(row, best, snakemake.output.metrics, snakemake.output.parameters)

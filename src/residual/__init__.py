@@ -1,7 +1,7 @@
 """ResiDual: residual-unit decomposition, spectral analysis and alignment of vision transformers."""
 
-from residual.units.decompose import Decomposition, decompose, trace
 from residual.models import LoadedModel, load_model
+from residual.units.decompose import Decomposition, decompose, trace
 from residual.units.store import read_units
 
 __all__ = ["Decomposition", "LoadedModel", "decompose", "load_model", "read_units", "trace"]

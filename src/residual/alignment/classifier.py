@@ -12,26 +12,26 @@ exp(logit_scale) ("normalized"). Their ViT/DINOv2 centroids are the plain class 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from residual.io.atomic import atomic_path
+from residual.config.params import canonical, model_params, source_params
 from residual.data.classnames import openai_templates
 from residual.data.sources import load_source
+from residual.io.tensors import open_tensors, save_tensors
 from residual.models import LoadedModel, load_model
-from residual.units.store import UnitFile
 from residual.models.text import has_text_tower, zero_shot_classifier
+from residual.units.store import UnitFile
 
 Logits = Literal["raw", "normalized"]
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's trained exp(logit_scale), used where a model has none
+VERSION = "classifier/1"  # bump when a change to this module changes the classifiers it writes
 
 
 class ZeroShotClassifier(nn.Module):
@@ -66,23 +66,25 @@ def class_mean_classifier(embeddings: Tensor, labels: Tensor, classes: int, norm
     return F.normalize(means, dim=-1) if normalize else means
 
 
-def save_classifier(path: str | Path, weights: Tensor, classes: list[str], source: str, logit_scale: float) -> None:
-    """weights [C, d]; classes [C]; source: 'text' or 'class_means'; logit_scale: the model's exp(logit_scale)."""
-    header = {"classes": classes, "source": source, "logit_scale": logit_scale}
-    with atomic_path(path) as tmp:
-        save_file({"weights": weights.detach().float().cpu().contiguous()}, str(tmp), {"residual": json.dumps(header)})
+@dataclass(frozen=True)
+class ClassWeights:
+    """A dataset's classifier as stored: weights [C, d]; classes [C]; source 'text' or
+    'class_means'; logit_scale the model's exp(logit_scale) (DEFAULT_LOGIT_SCALE where it has none)."""
+
+    weights: Tensor
+    classes: list[str]
+    source: str
+    logit_scale: float
+
+    def save(self, path: str | Path) -> None:
+        header = {"classes": self.classes, "source": self.source, "logit_scale": self.logit_scale}
+        save_tensors(path, {"weights": self.weights.float()}, header)
 
 
 def load_classifier(path: str | Path, logits: Logits) -> tuple[ZeroShotClassifier, dict[str, Any]]:
     """The classifier stored at `path` with the given logit convention, and its header."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = json.loads((handle.metadata() or {})["residual"])
-            weights = handle.get_tensor("weights")
-            scale = float(header["logit_scale"])
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"classifier file {path} is unreadable ({error}): delete it and rerun the classifier rule") from error
-    return ZeroShotClassifier(weights, logits, scale), header
+    with open_tensors(path, "classifier file", "classifier") as (handle, header):
+        return ZeroShotClassifier(handle.get_tensor("weights"), logits, float(header["logit_scale"])), header
 
 
 def model_logit_scale(model: LoadedModel) -> float:
@@ -102,25 +104,45 @@ def class_means_from_units(path: str | Path, classes: int, normalize: bool, batc
         raise ValueError(f"unit file {path}: {error}") from error
 
 
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """What a dataset's classifier for one model depends on, as a rule's params.
+
+    source: the dataset's `source_params` (its class names and OpenAI templates); model: the
+    model's `model_params` where it has a text tower (the text weights), else None; class_means:
+    'plain' or 'normalized' where it has none (the classifier is then the class means of the
+    train embeddings, an input file), else None.
+    """
+
+    source: dict[str, Any]
+    model: dict[str, Any] | None
+    class_means: Literal["plain", "normalized"] | None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], model: str, dataset: str) -> ClassifierSpec:
+        spec = config["models"][model]
+        source = source_params(config["datasets"][dataset])
+        if has_text_tower(spec):
+            return cls(source, model_params(spec), None)
+        return cls(source, None, config["training"]["class_means"])
+
+    def params(self) -> dict[str, Any]:
+        """As a rule's params (plain, canonical), the inverse of `ClassifierSpec(**params)`."""
+        return canonical(asdict(self))  # type: ignore[return-value]
+
+
 def build_classifier(
-    model_name: str,
-    model_spec: Mapping[str, Any],
-    dataset: str,
-    dataset_spec: Mapping[str, Any],
-    seed: int,
-    train_units: str | Path | None,
-    class_means: Literal["plain", "normalized"],
-    device: torch.device | str = "cpu",
-) -> tuple[Tensor, list[str], str, float]:
-    """A dataset's classifier for a model: (weights [C, d], class names, source, logit scale).
-    Zero-shot text weights from OpenAI's class names and templates where the model has a text
-    tower; the class means of the train split's embeddings (train_units) for timm models."""
-    classes = load_source(dataset, dataset_spec, seed).classes
-    if not has_text_tower(model_spec):
+    model: str, dataset: str, spec: ClassifierSpec, train_units: str | Path | None = None, device: torch.device | str = "cpu"
+) -> ClassWeights:
+    """Dataset `dataset`'s classifier for model `model`: zero-shot text weights from OpenAI's class
+    names and templates where the model has a text tower; else the class means of the train
+    split's embeddings (the unit file `train_units`)."""
+    classes = load_source(dataset, spec.source).classes  # class names do not depend on the seed
+    if spec.model is None:
         if train_units is None:
-            raise ValueError(f"model {model_name!r} has no text tower: its classifier needs the train unit file of {dataset!r}")
-        weights = class_means_from_units(train_units, len(classes), normalize=class_means == "normalized")
-        return weights, classes, "class_means", DEFAULT_LOGIT_SCALE
-    model = load_model(model_spec, name=model_name, device=device)
-    weights = zero_shot_classifier(model, classes, openai_templates(dataset_spec["loader"]))
-    return weights, classes, "text", model_logit_scale(model)
+            raise ValueError(f"model {model!r} has no text tower: its classifier needs the train unit file of {dataset!r}")
+        weights = class_means_from_units(train_units, len(classes), normalize=spec.class_means == "normalized")
+        return ClassWeights(weights, classes, "class_means", DEFAULT_LOGIT_SCALE)
+    loaded = load_model(spec.model, name=model, device=device)
+    weights = zero_shot_classifier(loaded, classes, openai_templates(spec.source["loader"]))
+    return ClassWeights(weights, classes, "text", model_logit_scale(loaded))

@@ -26,8 +26,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from residual.units.decompose import check_finite_values
 from residual.spectral.pca import OUTPUT, UnitPCA
+from residual.units.guards import check_finite_values
 from residual.units.store import StoredUnits, UnitFile
 
 Ablation = Literal["sum", "mean", "zero"]

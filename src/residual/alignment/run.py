@@ -7,51 +7,67 @@ PCA of the same model (ResiDual's bases) and the dataset's classifier. The resul
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
-from residual.alignment.variants import VARIANTS, Init, build_variant
-from residual.io.atomic import atomic_path
 from residual.alignment.classifier import Logits, load_classifier
 from residual.alignment.features import spectral_features
+from residual.alignment.training import TrainSettings, lr_range_test, train
+from residual.alignment.variants import VARIANTS, Init, build_variant
+from residual.config.params import canonical
+from residual.data.sequences import SPLITS
+from residual.io.tensors import save_tensors
+from residual.report.tables import write_table
 from residual.spectral.pca import UnitPCA
 from residual.units.store import UnitFile
-from residual.report.tables import write_table
-from residual.alignment.training import TrainSettings, lr_range_test, train
 
-SPLITS = ("train", "val", "test")
+VERSION = "train/1"  # bump when a change to the training code changes its results
 
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """The config's `training` block for one run (see the schema for each key)."""
+    """The settings one variant's result depends on (see the schema for each `training` key).
 
-    lambda_init: Init = "randn"
+    lr: the variant's own learning rate (`lr_residual` or `lr_adapter`, by `Variant.lr_key`).
+    A variant that trains nothing (`base`) depends on `logits` alone: its other fields are None,
+    so that changing them reruns only the variants they apply to.
+    """
+
     logits: Logits = "raw"
-    lr_residual: float = 0.8
-    lr_adapter: float = 1e-3
-    lr_range_test: bool = False
-    batch_size: int = 64
-    epochs: int = 30
-    patience: int = 5
-    feature_batch_size: int = 1024
-    seed: int = 42
+    lambda_init: Init | None = "randn"
+    lr: float | None = 0.8
+    lr_range_test: bool | None = False
+    batch_size: int | None = 64
+    epochs: int | None = 30
+    patience: int | None = 5
+    seed: int | None = 42
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TrainingOptions:
-        keys = set(cls.__dataclass_fields__) - {"seed"}
-        return cls(**{key: config["training"][key] for key in keys}, seed=config["seed"])
+    def for_variant(cls, config: Mapping[str, Any], variant: str) -> TrainingOptions:
+        """The options of `variant` in a validated config."""
+        training, lr_key = config["training"], VARIANTS[variant].lr_key
+        if lr_key is None:
+            return cls(training["logits"], None, None, None, None, None, None, None)
+        return cls(
+            logits=training["logits"],
+            lambda_init=training["lambda_init"],
+            lr=training[lr_key],
+            lr_range_test=training["lr_range_test"],
+            batch_size=training["batch_size"],
+            epochs=training["epochs"],
+            patience=training["patience"],
+            seed=config["seed"],
+        )
 
-    def lr(self, variant: str) -> float:
-        return self.lr_residual if variant.startswith("residual_") else self.lr_adapter
+    def params(self) -> dict[str, Any]:
+        """As a rule's params (plain, canonical), the inverse of `TrainingOptions(**params)`."""
+        return canonical(asdict(self))  # type: ignore[return-value]
 
 
 def run_variant(
@@ -62,17 +78,22 @@ def run_variant(
     options: TrainingOptions,
     device: torch.device | str = "cpu",
     checkpoint: str | Path | None = None,
+    feature_batch_size: int = 1024,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Train and test `variant`. units: split -> unit file. checkpoint: where the run saves its
-    progress after every epoch and resumes from after an interruption.
+    progress after every epoch and resumes from after an interruption. feature_batch_size: samples
+    read at once while the features are built (memory and float rounding only).
 
     Returns the table row and the best parameters (CPU tensors, empty for `base`)."""
     reference = UnitPCA.load(reference_pca)
     plan, module = build_variant(variant, reference, options.lambda_init, options.seed)
-    features = [spectral_features(UnitFile(units[split]), plan, options.feature_batch_size, device) for split in SPLITS]
+    features = [spectral_features(UnitFile(units[split]), plan, feature_batch_size, device) for split in SPLITS]
     classifier, header = load_classifier(classifier_path, options.logits)
     classifier, module = classifier.to(device), module.to(device)
-    settings = TrainSettings(variant, options.lr(variant), options.seed, options.epochs, options.patience, options.batch_size)
+    if options.lr is None:  # nothing to train: the settings only name the variant in messages
+        settings = TrainSettings(variant, lr=0.0, seed=0)
+    else:
+        settings = TrainSettings(variant, options.lr, options.seed, options.epochs, options.patience, options.batch_size)
     if options.lr_range_test and any(parameter.requires_grad for parameter in module.parameters()):
         settings = replace(settings, lr=lr_range_test(module, features[0], classifier, settings))
     result = train(module, *features, classifier, settings, Path(checkpoint) if checkpoint else None)
@@ -96,7 +117,5 @@ def run_variant(
 def save_run(row: dict[str, Any], best: dict[str, Tensor], metrics: str | Path, parameters: str | Path) -> None:
     """Write a run's table row (one-row Parquet) and its best parameters (safetensors, with the row
     as metadata), each atomically."""
-    with atomic_path(parameters) as tmp:
-        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in best.items()}
-        save_file(tensors, str(tmp), {"residual": json.dumps(row)})
+    save_tensors(parameters, best, row)
     write_table(pl.DataFrame([row]), [metrics])

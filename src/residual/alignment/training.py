@@ -27,16 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from schedulefree import AdamWScheduleFree
 from torch import Tensor, nn
 
-from residual.alignment.variants import trainable_parameters
 from residual.alignment.classifier import ZeroShotClassifier
-from residual.io.atomic import atomic_path
-from residual.units.decompose import NonFiniteError
 from residual.alignment.features import Features
+from residual.alignment.variants import trainable_parameters
+from residual.io.tensors import TensorFileError, open_tensors, save_tensors
+from residual.units.guards import NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +320,7 @@ def _save_checkpoint(
         "param_groups": state["param_groups"],
         "optimizer_scalars": scalars,
     }
-    with atomic_path(path) as tmp:
-        metadata = {"residual": json.dumps(header, sort_keys=True)}
-        save_file({key: value.contiguous() for key, value in tensors.items()}, str(tmp), metadata)
+    save_tensors(path, tensors, header)
 
 
 def _load_checkpoint(
@@ -333,11 +329,10 @@ def _load_checkpoint(
     """Restore module and optimizer from a matching checkpoint; None (with a warning) if it is
     unreadable or of other settings or inputs, and then nothing is changed."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = json.loads((handle.metadata() or {}).get("residual", "{}"))
+        with open_tensors(path, "training checkpoint", "train") as (handle, header):
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        log.warning("ignoring checkpoint %s: unreadable (%s); training from scratch", path, error)
+    except TensorFileError as error:
+        log.warning("ignoring checkpoint %s: %s; training from scratch", path, error)
         return None
     if header.get("format") != FORMAT or header.get("digest") != digest:
         log.warning(

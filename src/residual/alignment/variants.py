@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from residual.alignment.features import Ablation, FeaturePlan, Features, make_plan
 from residual.spectral.pca import OUTPUT, UnitPCA
-from residual.units.layout import unit_coordinates
+from residual.units.layout import parse_unit
 
 Init = Literal["ones", "randn"]
 FINE_THRESHOLD = 0.90
@@ -109,7 +109,7 @@ class LinearAdapter(nn.Module):
 
 def _units(reference: UnitPCA, *kinds: str) -> list[str]:
     """The reference's units of the given kinds ('emb', 'mlp', 'head', 'output'), in its order."""
-    return [name for name in reference.names if unit_coordinates(name)["kind"] in kinds]
+    return [name for name in reference.names if parse_unit(name).kind in kinds]
 
 
 def _fine_plan(reference: UnitPCA, ablation: Ablation) -> FeaturePlan:
@@ -137,22 +137,24 @@ def _embedding_plan(reference: UnitPCA, ablation: Ablation) -> FeaturePlan:
 @dataclass(frozen=True)
 class Variant:
     """A row of METHOD's table: `plan(reference, ablation)` builds the feature plan,
-    `module(plan, init, seed)` the trainable module; `ablation` is the authors' default."""
+    `module(plan, init, seed)` the trainable module; `ablation` is the authors' default;
+    `lr_key` the `training` key of its learning rate (None: nothing is trained)."""
 
     label: str
     ablation: Ablation
     plan: Callable[[UnitPCA, Ablation], FeaturePlan]
     module: Callable[[FeaturePlan, Init, int], nn.Module]
+    lr_key: str | None
 
 
 VARIANTS: dict[str, Variant] = {
-    "base": Variant("zero-shot", "zero", _embedding_plan, lambda plan, init, seed: ZeroShot()),
-    "residual_fine": Variant("ResiDual*", "zero", _fine_plan, SpectralReweighting),
-    "residual_full": Variant("ResiDual", "sum", _every_component("head", "mlp"), SpectralReweighting),
-    "residual_coarse": Variant("Optimized", "zero", _every_component("head"), UnitScaling),
-    "spectral_adapter": Variant("spectral adapter", "zero", _every_component(OUTPUT), SpectralReweighting),
+    "base": Variant("zero-shot", "zero", _embedding_plan, lambda plan, init, seed: ZeroShot(), None),
+    "residual_fine": Variant("ResiDual*", "zero", _fine_plan, SpectralReweighting, "lr_residual"),
+    "residual_full": Variant("ResiDual", "sum", _every_component("head", "mlp"), SpectralReweighting, "lr_residual"),
+    "residual_coarse": Variant("Optimized", "zero", _every_component("head"), UnitScaling, "lr_residual"),
+    "spectral_adapter": Variant("spectral adapter", "zero", _every_component(OUTPUT), SpectralReweighting, "lr_adapter"),
     "linear_adapter": Variant(
-        "linear adapter", "zero", _embedding_plan, lambda plan, init, seed: LinearAdapter(plan.width, init, seed)
+        "linear adapter", "zero", _embedding_plan, lambda plan, init, seed: LinearAdapter(plan.width, init, seed), "lr_adapter"
     ),
 }
 

@@ -24,9 +24,8 @@ from torchvision import datasets as tv
 from torchvision.datasets.utils import download_and_extract_archive, download_url
 
 from residual.data.classnames import by_index, by_name
-from residual.data.sequences import DatasetError, LabelledImages, Source
+from residual.data.sequences import SPLITS, DatasetError, LabelledImages, Source
 
-SPLITS = ("train", "val", "test")
 PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
 WNID = re.compile(r"n\d{8}")
 

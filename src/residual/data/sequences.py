@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+SPLITS = ("train", "val", "test")  # the pipeline's splits, and the official part names of datasets that have all three
+
 
 class DatasetError(ValueError):
     """A dataset entry, its files or its root are unusable; the message says what to do."""

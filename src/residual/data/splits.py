@@ -11,7 +11,6 @@ Rules (the `split:` entry of a dataset):
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,13 @@ import numpy as np
 import polars as pl
 from sklearn.model_selection import train_test_split
 
+from residual.data.sequences import SPLITS
 from residual.data.sources import DatasetError, Source
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 COLUMNS = ("sample_id", "part", "index", "label", "split")
+VERSION = "split/1"  # bump when a change to this module changes the split tables it writes
 
 
 def read_split(path: str | Path, split: str) -> pl.DataFrame:

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from residual.runtime.device import pick_device
 from residual.models.tower import Tower, UnsupportedModelError
-from residual.units.unit_map import UnitMap
+from residual.runtime.device import pick_device
 from residual.units.layout import UnitLayout
+from residual.units.unit_map import UnitMap
 
 LIBRARIES = ("open_clip", "timm", "transformers")
 

@@ -19,7 +19,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchvision import transforms
-from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor
+from transformers import (
+    AutoTokenizer,
+    BlipConfig,
+    BlipForImageTextRetrieval,
+    BlipImageProcessor,
+)
 from transformers.models.blip.modeling_blip import BlipAttention, BlipEncoderLayer
 
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError

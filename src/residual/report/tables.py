@@ -13,6 +13,7 @@ from residual.io.atomic import atomic_path
 from residual.units.store import UnitFile
 
 DEMO_NOTE = "Demo run: random weights and toy data. These numbers are not the paper's."
+VERSION = "tables/1"  # bump when a change to the tables' layout or summaries changes what they hold
 
 
 def authors_bytes_per_sample(layers: int, heads: int, head_dim: int, width: int) -> int:
@@ -81,8 +82,9 @@ def write_table(
     demo: bool = False,
     markdown: pl.DataFrame | None = None,
 ) -> None:
-    """Write `table` to each output by its suffix (.parquet, .csv, .md), atomically. The Markdown
-    file shows `markdown` instead when given (a summary of a table too long to read)."""
+    """Write `table` to each output by its suffix (.parquet, .csv, .md, .tex), atomically. The
+    Markdown and LaTeX files show `markdown` instead when given (a summary of a table too long to
+    read)."""
     for output in outputs:
         suffix = Path(output).suffix
         with atomic_path(output) as tmp:
@@ -92,6 +94,8 @@ def write_table(
                 table.write_csv(tmp)
             elif suffix == ".md":
                 tmp.write_text(to_markdown(table if markdown is None else markdown, title, demo))
+            elif suffix == ".tex":
+                tmp.write_text(to_latex(table if markdown is None else markdown, title, demo))
             else:
                 raise ValueError(f"no writer for table format {suffix!r} ({output})")
 
@@ -100,3 +104,49 @@ def to_markdown(table: pl.DataFrame, title: str, demo: bool) -> str:
     note = f"> {DEMO_NOTE}\n\n" if demo else ""
     body = tabulate(table.rows(), headers=table.columns, tablefmt="github", floatfmt=".3g")
     return f"# {title}\n\n{note}{body}\n"
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+
+
+def latex_escape(text: str) -> str:
+    """`text` with LaTeX's special characters escaped, newlines as spaces."""
+    return "".join(LATEX_SPECIALS.get(char, char) for char in " ".join(text.splitlines()))
+
+
+def to_latex(table: pl.DataFrame, caption: str, demo: bool) -> str:
+    """A standalone booktabs table (it compiles on its own with pdflatex): numbers right-aligned
+    with 3 significant digits, text left-aligned, nulls as '--', the caption (and the demo note)
+    below the rule."""
+    numeric = [dtype.is_numeric() for dtype in table.dtypes]
+    align = "".join("r" if is_number else "l" for is_number in numeric)
+
+    def cell(value: object, is_number: bool) -> str:
+        if value is None:
+            return "--"
+        if is_number and isinstance(value, float):
+            return f"{value:.3g}"
+        return latex_escape(str(value))
+
+    header = " & ".join(latex_escape(name) for name in table.columns) + r" \\"
+    rows = [" & ".join(cell(value, is_number) for value, is_number in zip(row, numeric)) + r" \\" for row in table.rows()]
+    note = f" {DEMO_NOTE}" if demo else ""
+    return "\n".join(
+        [
+            r"\documentclass[varwidth=\maxdimen]{standalone}",
+            r"\usepackage{booktabs}",
+            r"\begin{document}",
+            rf"\begin{{tabular}}{{{align}}}",
+            r"\toprule",
+            header,
+            r"\midrule",
+            *rows,
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\par\smallskip",
+            latex_escape(caption + note),
+            r"\end{document}",
+            "",
+        ]
+    )

@@ -14,28 +14,25 @@ keeps the sum of all eigenvalues, so explained-variance ratios are those of the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from residual.io.atomic import atomic_path
-from residual.units.decompose import check_finite_values
+from residual.io.tensors import TensorFileError, open_tensors, save_tensors
 from residual.spectral.intrinsic_dimension import linear_id
+from residual.units.guards import check_finite_values
+from residual.units.layout import OUTPUT
 from residual.units.store import UnitFile
 
-FORMAT = "residual-pca/1"
-OUTPUT = "output"  # the model's embedding (the sum of all units), fitted alongside the units
+FORMAT = "residual-pca/1"  # bump when the file layout or the fit changes
 RANK_TOLERANCE = 1e-9
 
 
-class PCAFileError(ValueError):
+class PCAFileError(TensorFileError):
     """A PCA file is missing, corrupt, or lacks a requested unit."""
 
 
@@ -92,43 +89,27 @@ class UnitPCA:
             tensors[f"components/{name}"] = components
             tensors[f"eigenvalues/{name}"] = eigenvalues
         header = {"format": FORMAT, "names": self.names, "samples": self.samples, **self.metadata}
-        with atomic_path(path) as tmp:
-            save_file(
-                {key: value.detach().float().cpu().contiguous() for key, value in tensors.items()},
-                str(tmp),
-                {"residual": json.dumps(header, sort_keys=True)},
-            )
+        save_tensors(path, {key: value.float() for key, value in tensors.items()}, header)
 
     @classmethod
     def load(cls, path: str | Path, units: Sequence[str] | None = None) -> UnitPCA:
         """Read the selected units (all if None); only their tensors are read from disk."""
-        path = Path(path)
-        if not path.is_file():
-            raise PCAFileError(f"PCA file {path} does not exist; run the pca rule that produces it")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                header = json.loads((handle.metadata() or {}).get("residual", "{}"))
-                if header.get("format") != FORMAT:
-                    raise PCAFileError(f"{path} has format {header.get('format')!r}, this reader expects {FORMAT!r}")
-                names = header.pop("names")
-                selected = names if units is None else list(units)
-                missing = sorted(set(selected) - set(names))
-                if missing:
-                    raise PCAFileError(f"PCA file {path} has no unit {missing[0]!r} (it holds {len(names)} units)")
-                rows = [names.index(name) for name in selected]
-                return cls(
-                    names=selected,
-                    samples=header.pop("samples"),
-                    means=handle.get_slice("means")[:][rows],
-                    total_variance=handle.get_tensor("total_variance")[rows],
-                    components=[handle.get_tensor(f"components/{name}") for name in selected],
-                    eigenvalues=[handle.get_tensor(f"eigenvalues/{name}") for name in selected],
-                    metadata={key: value for key, value in header.items() if key != "format"},
-                )
-        except (SafetensorError, OSError, KeyError, ValueError) as error:
-            if isinstance(error, PCAFileError):
-                raise
-            raise PCAFileError(f"PCA file {path} is unreadable ({error}): delete it and rerun the pca rule") from error
+        with open_tensors(path, "PCA file", "pca", format=FORMAT, error=PCAFileError) as (handle, header):
+            names = header.pop("names")
+            selected = names if units is None else list(units)
+            missing = sorted(set(selected) - set(names))
+            if missing:
+                raise PCAFileError(f"PCA file {path} has no unit {missing[0]!r} (it holds {len(names)} units)")
+            rows = [names.index(name) for name in selected]
+            return cls(
+                names=selected,
+                samples=header.pop("samples"),
+                means=handle.get_slice("means")[:][rows],
+                total_variance=handle.get_tensor("total_variance")[rows],
+                components=[handle.get_tensor(f"components/{name}") for name in selected],
+                eigenvalues=[handle.get_tensor(f"eigenvalues/{name}") for name in selected],
+                metadata={key: value for key, value in header.items() if key != "format"},
+            )
 
 
 class _Moments:

@@ -19,12 +19,12 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from residual.units.decompose import check_finite_values
 from residual.spectral.intrinsic_dimension import linear_id, two_nn
 from residual.spectral.pca import OUTPUT, UnitPCA
 from residual.spectral.similarity import unit_similarity
-from residual.units.store import UnitFile
+from residual.units.guards import check_finite_values
 from residual.units.layout import unit_coordinates
+from residual.units.store import UnitFile
 
 UNIT_SCHEMA = {"unit": pl.String, "kind": pl.String, "layer": pl.Int32, "head": pl.Int32}
 

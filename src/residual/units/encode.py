@@ -11,19 +11,31 @@ from typing import Any
 
 import polars as pl
 import torch
-from safetensors import SafetensorError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from residual.io.atomic import atomic_path
 from residual.data.sources import Source, prepare
-from residual.units.decompose import checked_values, trace
+from residual.io.atomic import atomic_path
+from residual.io.tensors import TensorFileError
 from residual.models import LoadedModel
+from residual.units.decompose import checked_values, trace
 from residual.units.store import UnitFileError, UnitWriter
 from residual.units.unit_map import UnitMap
 
 READBACK_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How a split is encoded. dtype: the storage precision of unit values (float16 or float32);
+    batch_size, workers: images per forward and DataLoader processes (speed and float rounding
+    only); rows_per_group: samples per Parquet row group (file layout only)."""
+
+    dtype: str = "float16"
+    batch_size: int = 64
+    workers: int = 0
+    rows_per_group: int = 1024
 
 
 @dataclass(frozen=True)
@@ -57,10 +69,7 @@ def encode_split(
     rows: pl.DataFrame,
     output: str | Path,
     unit_map_path: str | Path,
-    dtype: str = "float16",
-    batch_size: int = 64,
-    workers: int = 0,
-    rows_per_group: int = 1024,
+    settings: EncodeSettings = EncodeSettings(),
     metadata: dict[str, Any] | None = None,
 ) -> EncodeResult:
     """Decompose every image of `rows` (a split table's rows for one split) and store the units.
@@ -74,14 +83,12 @@ def encode_split(
     # written for other weights fails the check below instead of silently mis-reading later.
     try:
         unit_map = UnitMap.load(unit_map_path)
-    except (SafetensorError, KeyError, ValueError) as error:
-        raise UnitFileError(
-            f"unit map {unit_map_path} is unreadable ({error}): delete it and rerun the unit_map rule"
-        ) from error
+    except TensorFileError as error:
+        raise UnitFileError(str(error)) from error
     digest = unit_map.digest()
     unit_map = unit_map.to(model.device)
     loader = DataLoader(
-        SplitImages(source, rows, model), batch_size=batch_size, num_workers=workers, shuffle=False, drop_last=False
+        SplitImages(source, rows, model), batch_size=settings.batch_size, num_workers=settings.workers, shuffle=False, drop_last=False
     )
     units = model.layout.count
     readback_num = torch.zeros(units, device=model.device)
@@ -96,7 +103,7 @@ def encode_split(
         **(metadata or {}),
     }
     with atomic_path(output) as tmp:
-        writer = UnitWriter(tmp, model.layout, dtype, info, rows_per_group)
+        writer = UnitWriter(tmp, model.layout, settings.dtype, info, settings.rows_per_group)
         bar = tqdm(total=len(rows), desc=f"encode {output.parent.name}/{output.stem}", file=sys.stderr, mininterval=10, ascii=True)
         with bar as progress:  # closed on errors too, so no stale bar is printed at exit
             for images, labels, sample_ids in loader:
@@ -111,7 +118,7 @@ def encode_split(
         readback_error = float((readback_num / readback_den.clamp_min(torch.finfo(torch.float32).tiny)).max()) if len(rows) else 0.0
         if not readback_error <= READBACK_TOLERANCE:
             raise ValueError(
-                f"storing {dtype} loses {readback_error:.3g} relative in output space (> {READBACK_TOLERANCE:g}); "
+                f"storing {settings.dtype} loses {readback_error:.3g} relative in output space (> {READBACK_TOLERANCE:g}); "
                 "use `encode: {dtype: float32}` for this model"
             )
         writer.close(decomposition_error=decomposition_error, readback_error=readback_error)

@@ -22,14 +22,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors import SafetensorError
 from torch import Tensor
 
+from residual.io.tensors import TensorFileError
 from residual.units.decompose import RawUnits
+from residual.units.layout import UnitLayout, is_head
 from residual.units.unit_map import UnitMap
-from residual.units.layout import UnitLayout
 
-FORMAT = "residual-units/1"
+FORMAT = "residual-units/1"  # bump when the file layout or the decomposition (units/decompose.py) changes
 METADATA_KEY = b"residual"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -242,12 +242,7 @@ class UnitFile:
         """The model's unit map this file was written with (UnitFileError if it is missing, stale or corrupt)."""
         try:
             return UnitMap.load(self.map_path, expect_digest=self.metadata["unit_map"]["digest"], heads=heads)
-        except (SafetensorError, KeyError, json.JSONDecodeError) as error:
-            raise UnitFileError(
-                f"unit file {self.path}: its unit map {self.map_path} is unreadable ({error}): delete the map, "
-                "rerun the unit_map rule, then the encode rules that wrote this file"
-            ) from error
-        except (OSError, ValueError) as error:  # missing or stale map: UnitMap's message names it
+        except TensorFileError as error:  # missing, unreadable or stale: the message names the map and the fix
             raise UnitFileError(f"unit file {self.path}: {error}") from error
 
     def read(self, units: Sequence[str] | None = None) -> StoredUnits:
@@ -275,7 +270,7 @@ class UnitFile:
         return units
 
     def _heads(self, names: list[str]) -> list[int]:
-        return [self.layout.head_index(n) for n in names if n.startswith("head_")]
+        return [self.layout.head_index(n) for n in names if is_head(n)]
 
     @staticmethod
     def _columns(names: list[str]) -> list[str]:
@@ -294,8 +289,8 @@ class UnitFile:
         ln_mean = torch.tensor(table["ln_mean"].to_numpy())
         ln_std = torch.tensor(table["ln_std"].to_numpy())
         pre = torch.empty(table.num_rows, len(names), self.layout.out_dim)
-        heads = [position for position, name in enumerate(names) if name.startswith("head_")]
-        others = [position for position, name in enumerate(names) if not name.startswith("head_")]
+        heads = [position for position, name in enumerate(names) if is_head(name)]
+        others = [position for position, name in enumerate(names) if not is_head(name)]
         if heads:
             z = torch.stack([self._decode(table[names[p]], self._exponent(names[p])) for p in heads], dim=1)
             pre[:, heads] = unit_map.heads_to_output(z)

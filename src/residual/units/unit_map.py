@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from residual.io.atomic import atomic_path
+from residual.io.tensors import TensorFileError, open_tensors, save_tensors
 from residual.models.tower import Tower, layer_scale_vector
 from residual.units.layout import UnitLayout
+
+VERSION = "unit-map/1"  # bump when a change to this module changes the maps it writes
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,8 @@ class UnitMap:
     def save(self, path: str | Path) -> str:
         """Write as safetensors (atomically); returns the digest stored in its header."""
         digest = self.digest()
-        # One key: safetensors writes several header keys in hash order, which would make the
-        # file's bytes differ between otherwise identical runs.
-        metadata = {"residual": json.dumps({"layout": self.layout.__dict__, "digest": digest}, sort_keys=True)}
-        tensors = {
-            "head_weight": self.head_weight,
-            "head_bias": self.head_bias,
-            "k0": self.k0,
-            "k1": self.k1,
-        }
-        with atomic_path(path) as tmp:
-            save_file({k: v.detach().cpu().float().contiguous() for k, v in tensors.items()}, str(tmp), metadata)
+        tensors = {"head_weight": self.head_weight, "head_bias": self.head_bias, "k0": self.k0, "k1": self.k1}
+        save_tensors(path, {name: tensor.float() for name, tensor in tensors.items()}, {"layout": self.layout.__dict__, "digest": digest})
         return digest
 
     @classmethod
@@ -109,13 +100,9 @@ class UnitMap:
 
         The header's digest must equal `expect_digest` when given (the one a unit file recorded).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"unit map {path} not found: rerun the `unit_map` rule for this model")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = json.loads((handle.metadata() or {}).get("residual", "{}"))
+        with open_tensors(path, "unit map", "unit_map") as (handle, metadata):
             if expect_digest is not None and metadata.get("digest") != expect_digest:
-                raise ValueError(
+                raise TensorFileError(
                     f"unit map {path} (digest {metadata.get('digest')}) does not match the unit file "
                     f"(expects {expect_digest}): the model changed since encoding; rerun the encode rule"
                 )
