@@ -122,9 +122,10 @@ def similarity_files(wildcards):
 
 def classifier_inputs(wildcards):
     """Models without a text tower classify by the class means of their train embeddings; the
-    others encode OpenAI's class names with their own weights."""
+    others encode OpenAI's class names with their own weights (the class names are read from the
+    dataset's files, hence its download marker, not its split)."""
     if has_text_tower(config["models"][wildcards.model]):
-        return {"split": f"results/splits/{wildcards.dataset}.parquet", "weights": local_weights(wildcards)}
+        return {"dataset": dataset_ready(wildcards), "weights": local_weights(wildcards)}
     return {"units": f"results/units/{wildcards.model}/{wildcards.dataset}/train.parquet"}
 
 

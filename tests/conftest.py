@@ -77,3 +77,23 @@ def digit_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         metadata = {"dataset": "digits", "split": split}
         encode_split(model, source, selected, paths[split], unit_map, EncodeSettings("float32", batch_size=32, rows_per_group=32), metadata)
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The tiny config run end to end from scratch (folder, Snakemake's output). Read-only for the
+    tests that share it: they may plan (dry runs) but not run jobs in it."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    run = subprocess.run(
+        [*command, "--configfile", str(REPO / "tests/configs/tiny.yaml"), "--cores", "2"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=workdir,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return workdir, run.stdout + run.stderr

@@ -172,3 +172,19 @@ def test_sequence_first_blocks(images: torch.Tensor) -> None:
     model.tower = openclip_tower.tower(model.module)
     assert not model.tower.batch_first
     assert decompose(model, images).error <= TOLERANCE
+
+
+@pytest.mark.parametrize("head", ["with", "without"])
+def test_timm_checkpoint_loads_with_or_without_its_classifier_head(tmp_path, images: torch.Tensor, head: str) -> None:
+    """A headless timm checkpoint (the usual feature-extractor export) needs no `num_classes: 0`;
+    one with a head still loads; both give the original's units (the head is never used)."""
+    original = load_model(TINY_TIMM, device="cpu")
+    perturb(original.module)
+    state = {k: v.contiguous() for k, v in original.module.state_dict().items()}
+    if head == "without":
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    assert any(k.startswith("head.") for k in state) == (head == "with")
+    save_file(state, str(tmp_path / "tiny.safetensors"))
+    loaded = load_model({**TINY_TIMM, "pretrained": str(tmp_path / "tiny.safetensors")}, device="cpu")
+    # Same weights, same operations, same batch: the same bits.
+    assert torch.equal(decompose(original, images).values, decompose(loaded, images).values)

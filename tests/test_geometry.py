@@ -35,9 +35,13 @@ def test_sampled_points_are_the_seeded_rows_of_the_file(digit_units: dict[str, P
     assert len(positions.unique()) == 40 and bool((positions.diff() > 0).all())
     points, ids = sampled_points(UnitFile(path), ["mlp_1", OUTPUT, "head_0_1"], positions, batch_size=7)
     assert torch.equal(ids, stored.sample_ids[positions])
-    assert torch.equal(points[:, 0], stored.values[positions, 1])
+    # Read in batches of 7 against one read of the whole file: units go through the unit map's
+    # matmuls, whose rounding may depend on the batch shape on some CPUs (float32 rounding apart);
+    # the stored embedding is only decoded, the same elementwise operations on the same values.
+    scale = float(stored.values.abs().max())
+    torch.testing.assert_close(points[:, 0], stored.values[positions, 1], rtol=1e-5, atol=1e-6 * scale)
     assert torch.equal(points[:, 1], stored.embedding[positions])
-    assert torch.equal(points[:, 2], stored.values[positions, 0])
+    torch.testing.assert_close(points[:, 2], stored.values[positions, 0], rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_intrinsic_dimension_rows(digit_units: dict[str, Path]) -> None:

@@ -44,7 +44,9 @@ def test_float32_round_trip_is_exact(tmp_path, spec: dict) -> None:
     stored = read_units(output)
     assert stored.names == expected.names
     assert torch.allclose(stored.values, expected.values, rtol=1e-5, atol=1e-6 * expected.values.abs().max())
-    assert torch.equal(stored.embedding, expected.embedding)
+    # Encoded in batches of 5, expected from one batch of all: on some CPUs a matmul's rounding
+    # depends on the batch shape, so the embeddings agree to float32 rounding, not bit for bit.
+    torch.testing.assert_close(stored.embedding, expected.embedding, rtol=1e-5, atol=1e-6 * float(expected.embedding.abs().max()))
     assert stored.labels.tolist() == rows["label"].to_list()
     assert stored.sample_ids.tolist() == rows["sample_id"].to_list()
     assert result.readback_error == 0.0
@@ -95,7 +97,10 @@ def test_batches_equal_whole_reads(tmp_path) -> None:
     whole = unit_file.read()
     batches = list(unit_file.iter_batches(batch_size=4))
     assert [len(b.labels) for b in batches][:-1] == [4] * (len(batches) - 1)
-    assert torch.equal(torch.cat([b.values for b in batches]), whole.values)
+    # Heads are mapped to output space by a matmul per batch, whose rounding may depend on the
+    # batch shape on some CPUs: float32 rounding apart. Ids are integers: equal.
+    scale = float(whole.values.abs().max())
+    torch.testing.assert_close(torch.cat([b.values for b in batches]), whole.values, rtol=1e-5, atol=1e-6 * scale)
     assert torch.equal(torch.cat([b.sample_ids for b in batches]), whole.sample_ids)
 
 

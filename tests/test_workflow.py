@@ -73,11 +73,10 @@ def test_demo_dag(tmp_path) -> None:
     assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, "all": 1}
 
 
-def test_tiny_config_end_to_end(tmp_path) -> None:
+def test_tiny_config_end_to_end(tiny_run: tuple[Path, str]) -> None:
+    tmp_path, output = tiny_run
     config = str(REPO / "tests/configs/tiny.yaml")
-    run = snakemake(tmp_path, "--configfile", config, "--cores", "2")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "results/tables/decomposition.md" in run.stdout + run.stderr
+    assert "results/tables/decomposition.md" in output
 
     table = pl.read_parquet(tmp_path / "results/tables/decomposition.parquet")
     assert table.height == 2 * 2 * 3

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -16,7 +18,25 @@ from residual.runtime.device import pick_device
 from residual.units.layout import UnitLayout
 from residual.units.unit_map import UnitMap
 
-LIBRARIES = ("open_clip", "timm", "transformers")
+
+@dataclass(frozen=True)
+class Library:
+    """A supported library and its adapter module, which defines `create(spec)` and `tower(module)`,
+    and `encode_text(model, tokenizer, texts)` where the library's models have a text tower."""
+
+    adapter: str
+    text: bool
+
+    def module(self) -> ModuleType:
+        """The adapter, imported on first use (each imports its library, which takes seconds)."""
+        return importlib.import_module(self.adapter)
+
+
+LIBRARIES = {
+    "open_clip": Library("residual.models.openclip_tower", text=True),
+    "timm": Library("residual.models.timm_tower", text=False),
+    "transformers": Library("residual.models.blip_tower", text=True),
+}
 
 
 class ModelSpecError(ValueError):
@@ -66,7 +86,7 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
     spec = dict(spec)
     library = spec.get("library")
     if library not in LIBRARIES:
-        raise ModelSpecError(f"model {name or spec.get('arch')!r}: library {library!r} is not one of {LIBRARIES}")
+        raise ModelSpecError(f"model {name or spec.get('arch')!r}: library {library!r} is not one of {tuple(LIBRARIES)}")
     if not isinstance(spec.get("arch"), str):
         raise ModelSpecError(f"model {name!r}: `arch` must name the library's architecture, got {spec.get('arch')!r}")
     pretrained = spec.get("pretrained")
@@ -75,12 +95,7 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
             f"model {name or spec['arch']!r}: checkpoint {pretrained!r} does not exist; fix `pretrained` or use null for random init"
         )
     target = pick_device(device)
-    if library == "open_clip":
-        from residual.models import openclip_tower as adapter
-    elif library == "transformers":
-        from residual.models import blip_tower as adapter
-    else:
-        from residual.models import timm_tower as adapter
+    adapter = LIBRARIES[library].module()
     label = name or spec["arch"]
     try:
         with torch.random.fork_rng(devices=[]):  # seed the random init without resetting the caller's stream

@@ -1,4 +1,4 @@
-"""transformers BLIP (`BlipForImageTextRetrieval`) vision towers as a `Tower`.
+"""transformers BLIP (`BlipForImageTextRetrieval`) vision towers as a `Tower`, and their text tower.
 
 BLIP's image embedding for image-text retrieval (the ITC path of `BlipForImageTextRetrieval`, and
 the authors' encoder) is `vision_proj(last_hidden_state[:, 0])`, where `last_hidden_state` is the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -28,6 +28,9 @@ from transformers import (
 from transformers.models.blip.modeling_blip import BlipAttention, BlipEncoderLayer
 
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from residual.models import LoadedModel
 
 ARCH = "BlipForImageTextRetrieval"
 
@@ -104,6 +107,21 @@ def tower(model: nn.Module) -> Tower:
         proj_bias=model.vision_proj.bias,
         encode=encode,
     )
+
+
+def encode_text(model: LoadedModel, tokenizer: Callable, texts: list[str]) -> Tensor:
+    """[n] texts -> text_proj of the text encoder's first ([CLS]) token [n, d_out]: the ITC path
+    of `BlipForImageTextRetrieval`."""
+    module = model.module
+    tokens = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=module.config.text_config.max_position_embeddings,
+        return_tensors="pt",
+    ).to(model.device)
+    hidden = module.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+    return module.text_proj(hidden[:, 0])
 
 
 def _is_checkpoint(source: str | None) -> bool:

@@ -1,14 +1,18 @@
-"""open_clip vision transformers as a `Tower`."""
+"""open_clip vision transformers as a `Tower`, and their text tower."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import open_clip
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
-from torch import nn
+from torch import Tensor, nn
 
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from residual.models import LoadedModel
 
 
 def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[str, Any]]:
@@ -58,3 +62,9 @@ def tower(model: nn.Module) -> Tower:
         encode=model.encode_image,
         batch_first=visual.transformer.batch_first,
     )
+
+
+def encode_text(model: LoadedModel, tokenizer: Callable, texts: list[str]) -> Tensor:
+    """[n] texts -> `encode_text` [n, d_out]; tokenised at the model's own context length."""
+    tokens = tokenizer(texts, context_length=model.module.context_length)
+    return model.module.encode_text(tokens.to(model.device))

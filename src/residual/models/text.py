@@ -1,8 +1,7 @@
 """Text embeddings in the image embedding's space, and zero-shot classifiers built from them.
 
-open_clip: `model.encode_text` on the model's tokenizer at the text tower's context length.
-BLIP: the ITC path of `BlipForImageTextRetrieval`, `text_proj(text_encoder(ids, mask)[:, 0])`.
-timm models have no text tower.
+Each library's adapter with a text tower encodes a batch of texts its own way (its
+`encode_text`); timm models have none.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from residual.models import LoadedModel
+from residual.models import LIBRARIES, LoadedModel
 
 Template = str | Callable[[str], str]
 
@@ -25,13 +24,12 @@ class NoTextTowerError(ValueError):
 
 def has_text_tower(spec: Mapping[str, Any]) -> bool:
     """Whether a model entry of the config has a text tower: open_clip and BLIP do, timm models do not."""
-    return spec["library"] != "timm"
+    return LIBRARIES[spec["library"]].text
 
 
 @torch.no_grad()
 def encode_text(model: LoadedModel, texts: list[str], batch_size: int = 256) -> Tensor:
     """Texts -> their embeddings [n, d_out] float32 on the model's device, not normalised."""
-    library = model.spec["library"]
     if not has_text_tower(model.spec):
         raise NoTextTowerError(
             f"model {model.name!r} (timm) has no text tower: use the class means of its train outputs as the classifier"
@@ -42,7 +40,7 @@ def encode_text(model: LoadedModel, texts: list[str], batch_size: int = 256) -> 
             f"model {model.name!r} was built without a tokenizer (random init or a bare weights file): point "
             "`pretrained` at a checkpoint directory or model id that includes its tokenizer"
         )
-    encode = _open_clip_batch if library == "open_clip" else _blip_batch
+    encode = LIBRARIES[model.spec["library"]].module().encode_text
     width = model.tower.out_dim
     parts = [encode(model, tokenizer, texts[start : start + batch_size]).float() for start in range(0, len(texts), batch_size)]
     return torch.cat(parts) if parts else torch.empty(0, width, device=model.device)
@@ -59,23 +57,3 @@ def zero_shot_classifier(
     texts = [template(name) if callable(template) else template.format(name) for name in classnames for template in templates]
     embeddings = F.normalize(encode_text(model, texts, batch_size), dim=-1)
     return F.normalize(embeddings.reshape(len(classnames), len(templates), -1).mean(dim=1), dim=-1)
-
-
-def _open_clip_batch(model: LoadedModel, tokenizer: Callable, texts: list[str]) -> Tensor:
-    """[n] texts -> `encode_text` [n, d_out]; tokenised at the model's own context length."""
-    tokens = tokenizer(texts, context_length=model.module.context_length)
-    return model.module.encode_text(tokens.to(model.device))
-
-
-def _blip_batch(model: LoadedModel, tokenizer: Callable, texts: list[str]) -> Tensor:
-    """[n] texts -> text_proj of the text encoder's first ([CLS]) token [n, d_out]."""
-    module = model.module
-    tokens = tokenizer(
-        texts,
-        padding=True,
-        truncation=True,
-        max_length=module.config.text_config.max_position_embeddings,
-        return_tensors="pt",
-    ).to(model.device)
-    hidden = module.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
-    return module.text_proj(hidden[:, 0])

@@ -22,7 +22,8 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
     if pretrained is None:
         model = timm.create_model(arch, pretrained=False, **kwargs)
     elif Path(pretrained).is_file():
-        model = timm.create_model(arch, pretrained=False, checkpoint_path=pretrained, **kwargs)
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+        load_checkpoint(model, Path(pretrained))
     else:
         model = timm.create_model(f"{arch.split('.')[0]}.{pretrained}", pretrained=True, **kwargs)
     config = timm.data.resolve_model_data_config(model)
@@ -31,6 +32,18 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
     preprocess = timm.data.create_transform(**config, is_training=False)
     _, height, width = config["input_size"]
     return model, preprocess, (height, width), {}
+
+
+def load_checkpoint(model: VisionTransformer, path: Path) -> None:
+    """Load a weights file (safetensors, or a torch state dict read with weights_only=True) into
+    `model`, strictly except for the classifier head, which the pipeline never uses: a checkpoint
+    saved without it (the usual feature-extractor export, `num_classes=0`) loads, and so does one
+    with it. Raises RuntimeError naming missing, unexpected or mis-shaped keys."""
+    state = timm.models.load_state_dict(str(path), weights_only=True)
+    head = model.pretrained_cfg.get("classifier", "head")
+    state = {key: value for key, value in state.items() if not key.startswith(f"{head}.")}
+    model.reset_classifier(0)
+    model.load_state_dict(state, strict=True)
 
 
 def tower(model: nn.Module) -> Tower:

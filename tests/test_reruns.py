@@ -1,0 +1,179 @@
+"""Reruns follow every setting, and only the settings an output depends on.
+
+Each row changes one config key of a completed tiny run and asserts exactly which jobs
+`snakemake -n` plans: the rules whose output depends on the key (and what depends on them), and
+no other. Keys that change where or how fast a job runs, or only float rounding, plan nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO
+
+from residual.config.params import canonical, model_params, source_params, split_params
+
+TINY = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+
+# The tiny run: 2 models (clip_tiny with a text tower, dino_tiny without), a task dataset (digits,
+# the reference) and an analysis dataset (random), 3 splits, 6 variants.
+ENCODE_ALL = {"encode": 12, "pca": 4, "intrinsic_dimension": 4, "similarity": 2, "classifier": 1, "train": 12}
+
+ONE_MODEL = {"unit_map": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6}
+NOTHING: dict[str, int] = {}
+
+
+def tables(*kinds: str) -> dict[str, int]:
+    return {**{f"{kind}_table": 1 for kind in kinds}, "all": 1}
+
+
+ALL_TABLES = tables("decomposition", "intrinsic_dimension", "similarity", "training")
+EVERYTHING = {"split": 2, "unit_map": 2, **ENCODE_ALL, "classifier": 2, **ALL_TABLES}
+
+
+def set_key(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A change of the config: the dotted `key` set to `value`."""
+
+    def change(config: dict[str, Any]) -> None:
+        *parents, last = key.split(".")
+        for part in parents:
+            config = config.setdefault(part, {})
+        config[last] = value
+
+    change.__name__ = f"{key}={value}"
+    return change
+
+
+def sorted_keys(config: dict[str, Any]) -> None:
+    """The same settings with every mapping's keys in sorted order (the file lists them otherwise)."""
+    config.update(canonical(copy.deepcopy(config)))  # type: ignore[arg-type]
+
+
+CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
+    # training: each key reruns the variants it applies to, then the training table.
+    (set_key("training.lr_residual", 0.5), {"train": 6, **tables("training")}),
+    (set_key("training.lr_adapter", 0.01), {"train": 4, **tables("training")}),
+    (set_key("training.lambda_init", "ones"), {"train": 10, **tables("training")}),
+    (set_key("training.lr_range_test", True), {"train": 10, **tables("training")}),
+    (set_key("training.batch_size", 32), {"train": 10, **tables("training")}),
+    (set_key("training.epochs", 4), {"train": 10, **tables("training")}),
+    (set_key("training.patience", 2), {"train": 10, **tables("training")}),
+    (set_key("training.logits", "normalized"), {"train": 12, **tables("training")}),
+    (set_key("training.class_means", "normalized"), {"classifier": 1, "train": 6, **tables("training")}),
+    (set_key("training.variants", ["base", "residual_fine"]), tables("training")),
+    (set_key("training.feature_batch_size", 64), NOTHING),
+    (set_key("training.device", "auto"), NOTHING),
+    (set_key("training.threads", 2), NOTHING),
+    (set_key("training.mem_mb", 2000), NOTHING),
+    # analysis
+    (set_key("analysis.id_samples", 50), {"intrinsic_dimension": 4, **tables("intrinsic_dimension")}),
+    (set_key("analysis.twonn_fraction", 0.8), {"intrinsic_dimension": 4, **tables("intrinsic_dimension")}),
+    (set_key("analysis.linear_id_threshold", 0.95), {"intrinsic_dimension": 4, **tables("intrinsic_dimension")}),
+    (set_key("analysis.similarity_threshold", 0.8), {"similarity": 2, **tables("similarity")}),
+    (set_key("analysis.id_datasets", ["digits"]), tables("intrinsic_dimension")),
+    (set_key("analysis.batch_size", 32), NOTHING),
+    (set_key("analysis.group_size", 3), NOTHING),
+    (set_key("analysis.device", "auto"), NOTHING),
+    (set_key("analysis.threads", 2), NOTHING),
+    # encode: the storage precision changes every unit; batching and placement change nothing stored.
+    (set_key("encode.dtype", "float32"), {**ENCODE_ALL, **ALL_TABLES}),
+    (set_key("encode.batch_size", 4), NOTHING),
+    (set_key("encode.rows_per_group", 16), NOTHING),
+    (set_key("encode.workers", 1), NOTHING),
+    (set_key("encode.device", "auto"), NOTHING),
+    (set_key("encode.threads", 2), NOTHING),
+    (set_key("encode.gpus", 1), NOTHING),
+    # the run
+    (set_key("seed", 7), EVERYTHING),
+    (
+        set_key("reference_dataset", "random"),
+        {"similarity": 2, "train": 12, **tables("similarity", "training")},
+    ),
+    (set_key("run_name", "renamed"), ALL_TABLES),
+    (set_key("demo", False), ALL_TABLES),
+    (sorted_keys, NOTHING),
+    # models: what decides the weights reruns that model, from its unit map on.
+    (set_key("models.clip_tiny.kwargs.vision_cfg.layers", 1), {**ONE_MODEL, **ALL_TABLES}),
+    (set_key("models.dino_tiny.arch", "vit_small_patch14_dinov2"), {**ONE_MODEL, **ALL_TABLES}),
+    (set_key("models.dino_tiny.pretrained", "lvd142m"), {**ONE_MODEL, **ALL_TABLES}),
+    (set_key("models.dino_tiny.seed", 3), {**ONE_MODEL, **ALL_TABLES}),
+    # datasets: what decides the samples reruns that dataset, from its split on. The text
+    # classifier depends on the class names only; the class-mean one on the train units.
+    (
+        set_key("datasets.digits.split.val", 0.2),
+        {"split": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 2, "classifier": 1, "train": 12}
+        | ALL_TABLES,
+    ),
+    (
+        set_key("datasets.digits.split.subset", 120),
+        {"split": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 2, "classifier": 1, "train": 12}
+        | ALL_TABLES,
+    ),
+    (
+        set_key("datasets.random.size", 30),
+        {"split": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 2, **tables("decomposition", "intrinsic_dimension", "similarity")},
+    ),
+    (set_key("datasets.random.download", False), NOTHING),
+    (set_key("datasets.digits.role", "analysis"), NOTHING),  # no task left: the training table is no longer a target
+]
+
+
+def planned(workdir: Path, config: dict[str, Any], scratch: Path) -> dict[str, int]:
+    """Jobs per rule that `snakemake -n` plans in `workdir` under `config`."""
+    path = scratch / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--nolock"]
+    run = subprocess.run([*command, "--configfile", str(path), "-n", "--quiet", "rules"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    if "Nothing to be done" in run.stdout + run.stderr:
+        return {}
+    table = run.stdout[run.stdout.index("job ") :].split("\n\n")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def test_reruns_follow_exactly_the_settings_each_output_depends_on(tiny_run: tuple[Path, str], tmp_path: Path) -> None:
+    workdir, _ = tiny_run
+
+    def plan(index: int) -> dict[str, int]:
+        change, _ = CASES[index]
+        config = copy.deepcopy(TINY)
+        change(config)
+        scratch = tmp_path / str(index)
+        scratch.mkdir()
+        return planned(workdir, config, scratch)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each dry run is a process that imports torch
+        found = list(pool.map(plan, range(len(CASES))))
+    wrong = {change.__name__: (plan, expected) for (change, expected), plan in zip(CASES, found) if plan != expected}
+    assert not wrong, "\n".join(f"{name}: planned {plan}, expected {expected}" for name, (plan, expected) in wrong.items())
+
+
+@pytest.mark.parametrize(
+    "build",
+    [model_params, source_params, split_params],
+    ids=["model", "source", "split"],
+)
+def test_params_are_canonical_and_leave_out_what_changes_no_output(build: Callable[[dict], dict]) -> None:
+    """The same settings in another key order give the same params (so the same repr, which is what
+    Snakemake compares); `download`, `role` and `appendix` are never part of them."""
+    spec = {
+        "library": "open_clip", "arch": "ViT-B-32", "pretrained": None, "kwargs": {"b": 1, "a": {"y": 2, "x": 3}},
+        "seed": 3, "appendix": True, "loader": "digits", "root": "data/digits", "download": True, "role": "task",
+        "split": {"val": 0.1, "test": 0.1, "rule": "resplit"},
+    }  # fmt: skip
+    reordered = dict(reversed(list(spec.items())))
+    reordered["kwargs"] = {"a": {"x": 3, "y": 2}, "b": 1}
+    reordered["split"] = {"rule": "resplit", "test": 0.1, "val": 0.1}
+    assert repr(build(spec)) == repr(build(reordered))
+    assert not {"download", "role", "appendix"} & set(build(spec))
+    with pytest.raises(TypeError, match="not a plain config value"):
+        canonical({"options": object()})
