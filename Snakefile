@@ -3,15 +3,18 @@
 #   snakemake --cores 2 --configfile configs/demo.yaml     (offline demo)
 #   snakemake --profile profiles/slurm                     (cluster)
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version
 
 min_version("9.0")
 
-# Jobs import the `residual` package from this checkout, whether or not it is installed in the
-# job's environment (e.g. the conda env of envs/residual.yaml holds only the dependencies).
-os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])))
+# This process and every job import the `residual` package from this checkout, whether or not
+# (and whichever version) it is installed in the environment: one source for both.
+SOURCE = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SOURCE)
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SOURCE, os.environ.get("PYTHONPATH")])))
 
 
 # config.yaml is the default; a --configfile replaces it (instead of being merged into the paper's

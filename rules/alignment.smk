@@ -28,6 +28,7 @@ rule classifier:
 rule train:
     input:
         units=expand("results/units/{{model}}/{{dataset}}/{split}.parquet", split=SPLITS),
+        unit_map=UNIT_MAP,
         reference=f"results/pca/{{model}}/{REFERENCE}.safetensors",
         classifier="results/classifiers/{model}/{dataset}.safetensors",
     output:

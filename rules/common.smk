@@ -8,7 +8,7 @@ from residual.alignment.run import VERSION as TRAIN_VERSION
 from residual.alignment.run import TrainingOptions
 from residual.config.params import model_params, source_params, split_params
 from residual.config.preflight import check_config, missing_inputs, require_inputs
-from residual.config.validate import active_models, id_datasets, validate_config
+from residual.config.validate import active_models, id_datasets, read_yaml, validate_config
 from residual.data.catalog import DATASETS as DATASETS_WITH_FILES
 from residual.data.sequences import SPLITS
 from residual.data.splits import VERSION as SPLIT_VERSION
@@ -21,6 +21,10 @@ from residual.units.store import FORMAT as UNITS_FORMAT
 from residual.units.unit_map import VERSION as UNIT_MAP_VERSION
 from snakemake.logging import logger
 
+# Snakemake's YAML reader keeps the last of two equal keys: read every config file again with one
+# that refuses them, naming the key and its lines.
+for configfile_path in workflow.configfiles:
+    read_yaml(configfile_path)
 validate_config(config, source="config")
 # Preflight (residual.config.preflight), in the main process only (cluster jobs read this file again).
 # Config mistakes (unknown architecture, tag, checkpoint file, loader, root) stop every run, dry runs
@@ -50,6 +54,8 @@ TRAINING = config["training"]
 REFERENCE = config["reference_dataset"]
 TASKS = [name for name, spec in config["datasets"].items() if spec["role"] == "task"]
 VARIANTS = TRAINING["variants"]
+# Every job that reads a unit file also reads its model's unit map (to return output space).
+UNIT_MAP = "results/units/{model}/unit_map.safetensors"
 TABLE_FORMATS = ["parquet", "csv", "md"]
 # A table kind is made when it has rows: similarity needs a dataset besides the reference,
 # training a task dataset and a variant.
@@ -126,7 +132,10 @@ def classifier_inputs(wildcards):
     dataset's files, hence its download marker, not its split)."""
     if has_text_tower(config["models"][wildcards.model]):
         return {"dataset": dataset_ready(wildcards), "weights": local_weights(wildcards)}
-    return {"units": f"results/units/{wildcards.model}/{wildcards.dataset}/train.parquet"}
+    return {
+        "units": f"results/units/{wildcards.model}/{wildcards.dataset}/train.parquet",
+        "unit_map": UNIT_MAP.format(model=wildcards.model),
+    }
 
 
 def training_files(wildcards):

@@ -84,6 +84,7 @@ rule training_table:
         demo=config["demo"],
         version=TABLES_VERSION,
         title=f"Test accuracy of ResiDual and its baselines (bases fitted on {REFERENCE})",
+        min_eval_samples=TRAINING["min_eval_samples"],
     log:
         "logs/tables/training.log",
     benchmark:

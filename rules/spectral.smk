@@ -4,7 +4,8 @@
 
 rule pca:
     input:
-        "results/units/{model}/{dataset}/train.parquet",
+        units="results/units/{model}/{dataset}/train.parquet",
+        unit_map=UNIT_MAP,
     output:
         "results/pca/{model}/{dataset}.safetensors",
     log:
@@ -26,6 +27,7 @@ rule pca:
 rule intrinsic_dimension:
     input:
         units="results/units/{model}/{dataset}/train.parquet",
+        unit_map=UNIT_MAP,
         pca="results/pca/{model}/{dataset}.safetensors",
     output:
         "results/intrinsic_dimension/{model}/{dataset}.parquet",

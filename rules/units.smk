@@ -5,7 +5,7 @@ rule unit_map:
     input:
         local_weights,
     output:
-        "results/units/{model}/unit_map.safetensors",
+        UNIT_MAP,
     params:
         model=model_spec,
         version=UNIT_MAP_VERSION,
@@ -28,7 +28,7 @@ rule unit_map:
 rule encode:
     input:
         split="results/splits/{dataset}.parquet",
-        unit_map="results/units/{model}/unit_map.safetensors",
+        unit_map=UNIT_MAP,
         weights=local_weights,
     output:
         "results/units/{model}/{dataset}/{split}.parquet",

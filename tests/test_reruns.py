@@ -100,6 +100,7 @@ CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
     ),
     (set_key("run_name", "renamed"), ALL_TABLES),
     (set_key("demo", False), ALL_TABLES),
+    (set_key("training.min_eval_samples", 10), tables("training")),
     (sorted_keys, NOTHING),
     # models: what decides the weights reruns that model, from its unit map on.
     (set_key("models.clip_tiny.kwargs.vision_cfg.layers", 1), {**ONE_MODEL, **ALL_TABLES}),

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from residual.config.params import canonical, model_params, source_params
 from residual.data.classnames import openai_templates
-from residual.data.sources import load_source
+from residual.data.sources import DatasetError, load_source
 from residual.io.tensors import open_tensors, save_tensors
 from residual.models import LoadedModel, load_model
 from residual.models.text import has_text_tower, zero_shot_classifier
@@ -138,6 +138,11 @@ def build_classifier(
     names and templates where the model has a text tower; else the class means of the train
     split's embeddings (the unit file `train_units`)."""
     classes = load_source(dataset, spec.source).classes  # class names do not depend on the seed
+    if len(classes) < 2:
+        raise DatasetError(
+            f"dataset {dataset!r} is a task with {len(classes)} class ({classes}): classifying needs at least 2; "
+            "set its `role: analysis` or give it more classes"
+        )
     if spec.model is None:
         if train_units is None:
             raise ValueError(f"model {model!r} has no text tower: its classifier needs the train unit file of {dataset!r}")

@@ -110,6 +110,8 @@ def run_variant(
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "energy_outside_basis": features[0].outside,
+        "val_samples": len(features[1]),
+        "test_samples": len(features[2]),
     }
     return row, result.best_state
 

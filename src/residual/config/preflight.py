@@ -24,6 +24,7 @@ from residual.config.validate import ConfigError, active_models
 from residual.data.catalog import DATASETS
 from residual.data.sources import LOADERS
 from residual.models import looks_like_path
+from residual.models.checkpoint import loading_kwargs
 
 BLIP_CLASS = "BlipForImageTextRetrieval"  # residual.models.blip_tower.ARCH, kept here to avoid importing transformers
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -69,6 +70,15 @@ def require_inputs(
 def _model_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
     """Static problems of one `models:` entry: architecture, pretrained tag or file."""
     key, library, arch, pretrained = f"models.{name}", spec["library"], spec["arch"], spec.get("pretrained")
+    unsafe = loading_kwargs(spec.get("kwargs") or {})
+    if unsafe:
+        return [
+            f"{key}.kwargs.{problem}; kwargs may not change how weights are loaded: remove it and give the weights file as `pretrained`"
+            for problem in unsafe
+        ]
+    depth = _depth(spec.get("kwargs") or {})
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
+        return [f"{key}.kwargs: {depth!r} blocks; a vision transformer needs at least one block to decompose into units"]
     if library == "transformers":
         return _transformers_problems(key, arch, pretrained, spec.get("kwargs") or {})
     if isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file():
@@ -76,6 +86,16 @@ def _model_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
     if library == "open_clip":
         return _open_clip_problems(key, arch, pretrained)
     return _timm_problems(key, arch, pretrained)
+
+
+def _depth(kwargs: Mapping[str, Any]) -> Any:
+    """The vision tower's number of blocks where `kwargs` set it (timm `depth`, open_clip
+    `vision_cfg.layers`, BLIP `vision_config.num_hidden_layers`), else None."""
+    for parent, key in ((None, "depth"), ("vision_cfg", "layers"), ("vision_config", "num_hidden_layers")):
+        scope = kwargs if parent is None else kwargs.get(parent)
+        if isinstance(scope, Mapping) and key in scope:
+            return scope[key]
+    return None
 
 
 def _dataset_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
@@ -87,6 +107,8 @@ def _dataset_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
         problems.append(
             f"{key}.root: loader {loader!r} reads files, so `root` must name the folder that holds (or will hold) them"
         )
+    if loader not in DATASETS and spec.get("root"):
+        problems.append(f"{key}.root: loader {loader!r} reads no files (its data are generated), so `root` would be ignored; remove it")
     if "size" in spec and loader != "random":
         problems.append(f"{key}.size: only the 'random' loader takes a size; remove it (use split.subset to subsample)")
     split = spec["split"]

@@ -31,7 +31,46 @@ def _with_defaults(validator_class: type) -> type:
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
+# JSON Schema counts 16.0 as an integer; torch does not take it as a batch size, so neither do we.
+_STRICT_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, instance: isinstance(instance, int) and not isinstance(instance, bool)
+)
+_Validator = _with_defaults(jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_STRICT_TYPES))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one,
+    so a second `encode:` block would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(f"{self.name}: key {key!r} is given twice (lines {lines[key]} and {line}); keep one")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content, read safely; ConfigError naming the file for a missing, binary or
+    malformed file, or a key given twice in one mapping."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not a UTF-8 text file (byte {error.start}); give a YAML config") from error
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from error
+    finally:
+        loader.dispose()
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
@@ -70,13 +109,7 @@ def id_datasets(config: dict[str, Any]) -> list[str]:
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config (safely) and validate it."""
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError as error:
-        raise ConfigError(f"config file {path} does not exist") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return validate_config(config, source=str(path))

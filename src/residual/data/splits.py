@@ -89,10 +89,24 @@ def split_table(source: Source, rule: Mapping[str, Any], seed: int, dataset: str
         assigned = _label(train=train, val=val, test=test)
     else:
         raise DatasetError(f"dataset {dataset!r}: unknown split rule {kind!r}; use official, holdout or resplit")
-    for split in SPLITS:
-        if assigned.filter(pl.col("split") == split).height == 0:
-            raise DatasetError(f"dataset {dataset!r}: split {split!r} is empty; the dataset is too small for rule {dict(rule)}")
+    check_sizes(assigned, len(source.classes), int(rule.get("min_samples", 1)), dataset, rule)
     return assigned.sort("split", "sample_id")
+
+
+def check_sizes(table: pl.DataFrame, classes: int, minimum: int, dataset: str, rule: Mapping[str, Any]) -> None:
+    """DatasetError naming the dataset and the counts when a split of `table` holds fewer than
+    `minimum` samples, or val or test fewer samples than the dataset has classes (then some class
+    cannot be scored at all: an accuracy on it means little)."""
+    counts = dict(table.group_by("split").len().iter_rows())
+    for split in SPLITS:
+        count = counts.get(split, 0)
+        floor = max(minimum, classes if split != "train" else 1)
+        if count < floor:
+            why = f"fewer than its {classes} classes" if floor == classes and classes > minimum else f"fewer than {floor}"
+            raise DatasetError(
+                f"dataset {dataset!r}: split {split!r} holds {count} samples, {why} (split sizes {counts}, rule "
+                f"{dict(rule)}); use more samples (`subset`, `size`) or a larger `val`/`test`"
+            )
 
 
 def _label(**splits: pl.DataFrame) -> pl.DataFrame:

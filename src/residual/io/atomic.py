@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# What a failed write means to a user, by errno, and what to do about it.
+_CAUSES = {
+    errno.ENOSPC: ("the disk is full", "free space on the disk that holds {folder}"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space in your quota on {folder}"),
+    errno.EROFS: ("the file system is read-only", "make {folder} writable, or run the workflow in a writable folder"),
+    errno.EACCES: ("permission denied", "make {folder} writable"),
+    errno.EPERM: ("permission denied", "make {folder} writable"),
+}
+
+
+class WriteError(OSError):
+    """An output could not be written (full disk, read-only or forbidden folder); the message is
+    one line naming the file, the cause and what to do. Nothing written before is touched."""
+
+
+def write_error(path: Path, error: OSError) -> WriteError | None:
+    """`error` as a WriteError when its errno (pyarrow's only says it in its message) is one of
+    `_CAUSES`, else None."""
+    code = error.errno
+    if code is None:
+        found = re.search(r"errno (\d+)", str(error), re.I)
+        code = int(found.group(1)) if found else None
+    if code not in _CAUSES:
+        return None
+    cause, advice = _CAUSES[code]
+    wrapped = WriteError(f"cannot write {path}: {cause} ({os.strerror(code)}); {advice.format(folder=path.parent)}, then rerun")
+    wrapped.errno = code
+    return wrapped
 
 
 @contextmanager
@@ -21,13 +52,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     of `path` left by writers that were killed are deleted first (`remove_stale_temporaries`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_temporaries(path):
-        log.warning("removed %s, left by a writer that was killed", stale)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(path):
+            log.warning("removed %s, left by a writer that was killed", stale)
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        wrapped = None if isinstance(error, WriteError) else write_error(path, error)
+        if wrapped is None:
+            raise
+        raise wrapped from error
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from residual.models.checkpoint import loading_kwargs
 from residual.models.tower import Tower, UnsupportedModelError
 from residual.runtime.device import pick_device
 from residual.units.layout import UnitLayout
@@ -89,6 +90,13 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
         raise ModelSpecError(f"model {name or spec.get('arch')!r}: library {library!r} is not one of {tuple(LIBRARIES)}")
     if not isinstance(spec.get("arch"), str):
         raise ModelSpecError(f"model {name!r}: `arch` must name the library's architecture, got {spec.get('arch')!r}")
+    unsafe = loading_kwargs(spec.get("kwargs") or {})
+    if unsafe:
+        raise ModelSpecError(
+            f"model {name or spec['arch']!r}: `kwargs` may not change how weights are loaded ({'; '.join(unsafe)}): "
+            "the pipeline reads every checkpoint itself, safely (safetensors, or torch.load with weights_only=True); "
+            "remove them and give the weights file as `pretrained`"
+        )
     pretrained = spec.get("pretrained")
     if library != "transformers" and isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file():
         raise ModelSpecError(
@@ -111,6 +119,8 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
     _check_finite(label, spec, module)
     module.eval().float().to(target)
     tower = adapter.tower(module)
+    if not tower.blocks:
+        raise ModelSpecError(f"model {label!r}: its vision tower has no blocks (check `kwargs`); there are no units to decompose")
     return LoadedModel(
         name=label,
         spec=spec,

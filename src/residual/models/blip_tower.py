@@ -14,9 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchvision import transforms
 from transformers import (
@@ -27,6 +25,7 @@ from transformers import (
 )
 from transformers.models.blip.modeling_blip import BlipAttention, BlipEncoderLayer
 
+from residual.models.checkpoint import read_state_dict
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
     if pretrained is None or Path(pretrained).is_file():
         model = BlipForImageTextRetrieval(config)
         if pretrained is not None:
-            model.load_state_dict(_read_weights(Path(pretrained)))
+            model.load_state_dict(read_state_dict(pretrained))
     else:
         model, info = _cached(BlipForImageTextRetrieval.from_pretrained, pretrained, config=config, output_loading_info=True)
         problems = [*info["missing_keys"], *info["unexpected_keys"], *info["mismatched_keys"]]
@@ -139,12 +138,6 @@ def _cached(load: Callable[..., Any], source: str, **kwargs: Any) -> Any:
             f"id in the local HF cache ({error}). Download it once where there is network (`hf download {source}` "
             "fills the cache under HF_HOME, which this machine must share), or point to a local checkpoint directory"
         ) from error
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _default_processor(model: BlipForImageTextRetrieval) -> BlipImageProcessor:

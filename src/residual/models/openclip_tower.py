@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import open_clip
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
+from residual.models.checkpoint import read_state_dict
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -20,9 +22,11 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
     arch = spec["arch"]
     if arch not in open_clip.list_models():
         raise ValueError(f"open_clip has no architecture {arch!r}; `open_clip.list_models()` lists them")
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        arch, pretrained=spec.get("pretrained"), **spec.get("kwargs", {})
-    )
+    pretrained = spec.get("pretrained")
+    local = pretrained is not None and Path(pretrained).is_file()
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None if local else pretrained, **spec.get("kwargs", {}))
+    if local:
+        model.load_state_dict(read_state_dict(pretrained), strict=True)
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     return model, preprocess, size, {"tokenizer": open_clip.get_tokenizer(arch)}

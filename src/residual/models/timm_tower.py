@@ -11,6 +11,7 @@ from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from residual.models.checkpoint import read_state_dict
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 
@@ -35,11 +36,10 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
 
 
 def load_checkpoint(model: VisionTransformer, path: Path) -> None:
-    """Load a weights file (safetensors, or a torch state dict read with weights_only=True) into
-    `model`, strictly except for the classifier head, which the pipeline never uses: a checkpoint
+    """Load a weights file (`read_state_dict`) into `model`, strictly except for the classifier head, which the pipeline never uses: a checkpoint
     saved without it (the usual feature-extractor export, `num_classes=0`) loads, and so does one
     with it. Raises RuntimeError naming missing, unexpected or mis-shaped keys."""
-    state = timm.models.load_state_dict(str(path), weights_only=True)
+    state = read_state_dict(path)
     head = model.pretrained_cfg.get("classifier", "head")
     state = {key: value for key, value in state.items() if not key.startswith(f"{head}.")}
     model.reset_classifier(0)

@@ -68,11 +68,22 @@ def layer_summary(table: pl.DataFrame, values: Sequence[str]) -> pl.DataFrame:
     )
 
 
+def flag_few_samples(table: pl.DataFrame, minimum: int) -> pl.DataFrame:
+    """`table` with `few_samples`: whether its accuracies rest on fewer than `minimum` val or test
+    samples (columns `val_samples`, `test_samples`), too few to read much into."""
+    return table.with_columns(few_samples=pl.min_horizontal("val_samples", "test_samples") < minimum)
+
+
 def accuracy_summary(table: pl.DataFrame) -> pl.DataFrame:
     """Test accuracy per model and dataset (rows) and variant (columns, in the table's order), with
-    the conventions that produced it; trainable parameters are in the full table."""
-    keys = ["model", "dataset", "logits", "lambda_init"]
-    return table.pivot(on="variant", index=keys, values="test_accuracy", maintain_order=True).sort("model", "dataset")
+    the conventions that produced it (`lambda_init` of the variants that have one) and the
+    `few_samples` flag; trainable parameters are in the full table."""
+    keys = ["model", "dataset", "logits"]
+    conventions = table.group_by(keys, maintain_order=True).agg(
+        pl.col("lambda_init").drop_nulls().first(), pl.col("few_samples").any()
+    )
+    accuracies = table.pivot(on="variant", index=keys, values="test_accuracy", maintain_order=True)
+    return conventions.join(accuracies, on=keys, maintain_order="left").sort("model", "dataset")
 
 
 def write_table(
@@ -100,10 +111,17 @@ def write_table(
                 raise ValueError(f"no writer for table format {suffix!r} ({output})")
 
 
+def markdown_escape(text: str) -> str:
+    """`text` safe in one cell of a Markdown table: newlines as spaces, '|' escaped."""
+    return " ".join(text.splitlines()).replace("|", "\\|")
+
+
 def to_markdown(table: pl.DataFrame, title: str, demo: bool) -> str:
     note = f"> {DEMO_NOTE}\n\n" if demo else ""
-    body = tabulate(table.rows(), headers=table.columns, tablefmt="github", floatfmt=".3g")
-    return f"# {title}\n\n{note}{body}\n"
+    rows = [[markdown_escape(value) if isinstance(value, str) else value for value in row] for row in table.rows()]
+    headers = [markdown_escape(name) for name in table.columns]
+    body = tabulate(rows, headers=headers, tablefmt="github", floatfmt=".3g")
+    return f"# {markdown_escape(title)}\n\n{note}{body}\n"
 
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from residual.io.atomic import WriteError
+
 
 @contextmanager
 def rule_context(snakemake: Any) -> Iterator[logging.Logger]:
@@ -21,6 +23,10 @@ def rule_context(snakemake: Any) -> Iterator[logging.Logger]:
         logger = logging.getLogger(f"residual.{snakemake.rule}")
         try:
             yield logger
+        except WriteError as error:
+            logger.error("rule %s failed: %s", snakemake.rule, error)
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            raise SystemExit(str(error)) from None  # one line on the terminal, no traceback
         except BaseException:
             logger.exception("rule %s failed", snakemake.rule)
             raise
