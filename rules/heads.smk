@@ -17,10 +17,6 @@ SELECTION_OPTIONS = SelectionOptions.from_config(config).params()
 TABLE_FRACTION = table_fraction(config)
 
 
-def head_files(kind):
-    return expand(f"results/heads/{{model}}/{{dataset}}/{kind}.parquet", model=MODELS, dataset=TASKS)
-
-
 rule zeroshot:
     input:
         units="results/units/{model}/{dataset}/{split}.parquet",
@@ -123,7 +119,7 @@ rule zeroshot_table:
 
 rule head_scores_table:
     input:
-        head_files("scores"),
+        expand("results/heads/{model}/{dataset}/scores.parquet", model=MODELS, dataset=TASKS),
     output:
         expand("results/tables/head_scores.{ext}", ext=HEAD_TABLE_FORMATS),
     params:
@@ -149,7 +145,7 @@ rule head_scores_table:
 
 rule head_selection_table:
     input:
-        head_files("selection"),
+        expand("results/heads/{model}/{dataset}/selection.parquet", model=MODELS, dataset=TASKS),
     output:
         expand("results/tables/head_selection.{ext}", ext=HEAD_TABLE_FORMATS),
     params:
@@ -175,7 +171,7 @@ rule head_selection_table:
 
 rule head_overlap_table:
     input:
-        head_files("selection"),
+        expand("results/heads/{model}/{dataset}/selection.parquet", model=MODELS, dataset=TASKS),
     output:
         expand("results/tables/head_overlap.{ext}", ext=HEAD_TABLE_FORMATS),
     params:
