@@ -155,7 +155,7 @@ def score_heads(
                 correlation.update(values.double() @ basis.T, total.double() @ basis.T)
         if "supervised" in options.scores:
             correct += (classifier(values).argmax(-1) == batch.labels[:, None]).sum(dim=0)
-        sums += batch.values.double().sum(dim=0)
+        sums += batch.values.sum(dim=0, dtype=torch.float64)
         samples += len(batch.labels)
     if samples == 0:
         raise ValueError(f"unit file {unit_path} holds no samples: head scores are undefined")
