@@ -29,6 +29,7 @@ include: "rules/data.smk"
 include: "rules/units.smk"
 include: "rules/spectral.smk"
 include: "rules/alignment.smk"
+include: "rules/heads.smk"
 include: "rules/report.smk"
 
 

@@ -37,7 +37,8 @@ def test_lint_is_clean(tmp_path, config: str) -> None:
 
 def test_paper_dag_plans_without_network(tmp_path) -> None:
     """config.yaml: 5 ViT-L models x 14 datasets x 3 splits, 13 datasets with files to fetch or check,
-    11 task datasets x 6 variants trained, 13 datasets compared with ImageNet, TwoNN on ImageNet."""
+    11 task datasets x 6 variants trained, 13 datasets compared with ImageNet, TwoNN on ImageNet,
+    11 task datasets with zero-shot rows (val, test), head scores and head selections."""
     run = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
     assert job_counts(run.stdout) == {
@@ -54,6 +55,10 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "intrinsic_dimension_table": 1,
         "similarity_table": 1,
         "training_table": 1,
+        "zeroshot": 5 * 11 * 2,
+        "head_scores": 5 * 11,
+        "head_selection": 5 * 11,
+        **{f"{kind}_table": 1 for kind in ("zeroshot", "head_scores", "head_selection", "head_overlap")},
         "all": 1,
     }
 
@@ -68,8 +73,10 @@ def test_paper_dag_with_appendix_models(tmp_path) -> None:
 def test_demo_dag(tmp_path) -> None:
     run = snakemake(tmp_path, "--configfile", str(REPO / "configs/demo.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
-    per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6}
-    tables = {f"{kind}_table": 1 for kind in ("decomposition", "intrinsic_dimension", "similarity", "training")}
+    per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6,
+                 "zeroshot": 2, "head_scores": 1, "head_selection": 1}  # fmt: skip
+    kinds = ("decomposition", "intrinsic_dimension", "similarity", "training", "zeroshot", "head_scores", "head_selection", "head_overlap")
+    tables = {f"{kind}_table": 1 for kind in kinds}
     assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, "all": 1}
 
 
@@ -110,6 +117,15 @@ def test_tiny_config_end_to_end(tiny_run: tuple[Path, str]) -> None:
     assert not list((tmp_path / "results/train").rglob(".*.resume.safetensors")), "finished runs leave no checkpoint"
     summary = (tmp_path / "results/tables/training.md").read_text()
     assert "not the paper's" in summary and "residual_fine" in summary
+
+    zeroshot = pl.read_parquet(tmp_path / "results/tables/zeroshot.parquet")
+    assert zeroshot.height == 2 * 2 and set(zeroshot["split"]) == {"val", "test"}
+    assert zeroshot["agreement"].is_between(0, 1).all() and (tmp_path / "results/tables/zeroshot.tex").exists()
+    selection = pl.read_parquet(tmp_path / "results/tables/head_selection.parquet")
+    units = selection.filter(pl.col("score") == "all_units").join(zeroshot.filter(pl.col("split") == "test"), on=["model", "dataset"])
+    assert units.height == 2 and (units["accuracy"] == units["accuracy_units"]).all()
+    assert pl.read_parquet(tmp_path / "results/tables/head_overlap.parquet")["jaccard"].eq(1.0).all()  # one task dataset
+    assert "U|T" in (tmp_path / "results/tables/head_selection.md").read_text()
 
     again = snakemake(tmp_path, "--configfile", config, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
