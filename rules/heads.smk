@@ -20,6 +20,7 @@ TABLE_FRACTION = table_fraction(config)
 rule zeroshot:
     input:
         units="results/units/{model}/{dataset}/{split}.parquet",
+        unit_map=UNIT_MAP,
         classifier="results/classifiers/{model}/{dataset}.safetensors",
     output:
         "results/heads/{model}/{dataset}/zeroshot_{split}.parquet",
@@ -45,6 +46,7 @@ rule zeroshot:
 rule head_scores:
     input:
         units="results/units/{model}/{dataset}/val.parquet",
+        unit_map=UNIT_MAP,
         classifier="results/classifiers/{model}/{dataset}.safetensors",
     output:
         scores="results/heads/{model}/{dataset}/scores.parquet",
@@ -69,6 +71,7 @@ rule head_scores:
 rule head_selection:
     input:
         units="results/units/{model}/{dataset}/test.parquet",
+        unit_map=UNIT_MAP,
         classifier="results/classifiers/{model}/{dataset}.safetensors",
         scores="results/heads/{model}/{dataset}/scores.parquet",
         means="results/heads/{model}/{dataset}/val_means.safetensors",
