@@ -25,6 +25,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/units.smk"
 include: "rules/spectral.smk"
+include: "rules/descriptions.smk"
 include: "rules/alignment.smk"
 include: "rules/report.smk"
 

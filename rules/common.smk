@@ -52,10 +52,11 @@ TASKS = [name for name, spec in config["datasets"].items() if spec["role"] == "t
 VARIANTS = TRAINING["variants"]
 TABLE_FORMATS = ["parquet", "csv", "md"]
 # A table kind is made when it has rows: similarity needs a dataset besides the reference,
-# training a task dataset and a variant.
+# training a task dataset and a variant (descriptions always has one: a model without a text tower says so).
 TABLE_KINDS = [
     "decomposition",
     "intrinsic_dimension",
+    "descriptions",
     *(["similarity"] if len(DATASETS) > 1 else []),
     *(["training"] if TASKS and VARIANTS else []),
 ]

@@ -50,7 +50,11 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "similarity": 5 * 13,
         "classifier": 5 * 11,
         "train": 5 * 11 * 6,
+        "description_texts": 1,
+        "encode_descriptions": 3,  # CLIP, OpenCLIP, BLIP: the models with a text tower
+        "describe_units": 3,
         "decomposition_table": 1,
+        "descriptions_table": 1,
         "intrinsic_dimension_table": 1,
         "similarity_table": 1,
         "training_table": 1,
@@ -69,8 +73,11 @@ def test_demo_dag(tmp_path) -> None:
     run = snakemake(tmp_path, "--configfile", str(REPO / "configs/demo.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
     per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6}
-    tables = {f"{kind}_table": 1 for kind in ("decomposition", "intrinsic_dimension", "similarity", "training")}
-    assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, "all": 1}
+    tables = {f"{kind}_table": 1 for kind in ("decomposition", "intrinsic_dimension", "similarity", "training", "descriptions")}
+    descriptions = {"description_texts": 1, "encode_descriptions": 1, "describe_units": 1}  # clip_b32 only: DINOv2 has no text tower
+    assert job_counts(run.stdout) == {
+        "split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, **descriptions, "all": 1
+    }  # fmt: skip
 
 
 def test_tiny_config_end_to_end(tmp_path) -> None:
