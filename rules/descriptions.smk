@@ -13,10 +13,9 @@ DESCRIPTION_FORMATS = list(dict.fromkeys([*TABLE_FORMATS, "tex"]))
 # A missing or empty local dictionary stops every run, dry runs included (a URL is checked when fetched).
 if workflow.is_main_process:
     check_source(DICTIONARY)
-
-
-def description_files(wildcards):
-    return expand("results/descriptions/{model}/{dataset}.parquet", model=DESCRIBED_MODELS, dataset=description_datasets(config))
+DESCRIPTION_FILES = expand(
+    "results/descriptions/{model}/{dataset}.parquet", model=DESCRIBED_MODELS, dataset=description_datasets(config)
+)
 
 
 rule description_texts:
@@ -91,7 +90,7 @@ rule describe_units:
 
 rule descriptions_table:
     input:
-        description_files,
+        DESCRIPTION_FILES,
     output:
         expand("results/tables/descriptions.{ext}", ext=DESCRIPTION_FORMATS),
     params:

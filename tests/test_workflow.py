@@ -119,6 +119,11 @@ def test_tiny_config_end_to_end(tmp_path) -> None:
     summary = (tmp_path / "results/tables/training.md").read_text()
     assert "not the paper's" in summary and "residual_fine" in summary
 
+    descriptions = pl.read_parquet(tmp_path / "results/tables/descriptions.parquet")
+    described = descriptions.filter(pl.col("note").is_null())
+    assert set(described["model"]) == {"clip_tiny"} and described["unit"].n_unique() == 2 * 4  # both layers' heads
+    assert descriptions.filter(pl.col("model") == "dino_tiny")["note"].str.contains("no text tower").all()
+
     again = snakemake(tmp_path, "--configfile", config, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
 
