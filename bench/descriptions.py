@@ -7,9 +7,10 @@ Per head, three steps are timed as the describe rule runs them:
   the describe rule reads them from the pca rule's file instead, so this is paid only for another split;
 - TextSpan given the moments (independent of the sample count);
 - SOMP: the centred coordinates in the kept components, then k rounds (linear in the sample count).
-Each step is timed (median of --reps) at two reduced sample counts; the sample-dependent steps are
-extrapolated to --target-samples by the line through both points (time = a + b n). Reading and
-decoding the unit file is not included (the pca rule pays the same read).
+Each step is timed (median of --reps; wall-clock and process CPU time) at two reduced sample
+counts; the sample-dependent steps are extrapolated to --target-samples by the line through both
+points (time = a + b n). Reading and decoding the unit file is not included (the pca rule pays
+the same read).
 
     .venv/bin/python bench/descriptions.py --threads 1 --name descriptions_vit_l14
 """
@@ -17,6 +18,7 @@ decoding the unit file is not included (the pca rule pays the same read).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -39,16 +41,20 @@ def head_outputs(samples: int, width: int, rank: int, seed: int) -> torch.Tensor
     return weights @ basis + torch.randn(width, generator=generator)
 
 
-def timed(step, reps: int) -> float:
-    times = []
+def timed(step, reps: int) -> dict[str, float]:
+    """Median wall-clock and process CPU seconds of `step` over `reps` calls. On a shared machine
+    the CPU time (all threads of this process) is the steadier figure; with one thread it is the
+    wall-clock time the step takes on an idle core."""
+    wall, cpu = [], []
     for _ in range(reps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
 
 
-def measure(samples: int, args: argparse.Namespace, dictionary: torch.Tensor) -> dict[str, float]:
+def measure(samples: int, args: argparse.Namespace, dictionary: torch.Tensor) -> dict[str, dict[str, float]]:
     outputs = head_outputs(samples, args.width, args.head_dim + 2, args.seed)
     pca = fit_pca(outputs[:, None], ["head_0_0"])
     basis, mean = pca.components[0].double(), pca.means[0].double()
@@ -81,25 +87,31 @@ def main() -> None:
     small, large = args.samples
     measured = {samples: measure(samples, args, dictionary) for samples in (small, large)}
 
-    def extrapolate(step: str) -> float:
-        slope = (measured[large][step] - measured[small][step]) / (large - small)
-        return max(measured[large][step] + slope * (args.target_samples - large), measured[large][step])
+    def extrapolate(step: str, clock: str) -> float:
+        if step == "textspan":  # works on [rank, rank] moments: no sample dependence
+            return measured[large][step][clock]
+        slope = (measured[large][step][clock] - measured[small][step][clock]) / (large - small)
+        return max(measured[large][step][clock] + slope * (args.target_samples - large), measured[large][step][clock])
 
     steps = ["moments", "textspan", "somp"]
-    target = {step: extrapolate(step) for step in steps}
-    target["textspan"] = measured[large]["textspan"]  # works on [rank, rank] moments: no sample dependence
-    rows = [[step, measured[small][step], measured[large][step], target[step], target[step] * args.heads / 3600] for step in steps]
-    per_head = target["textspan"] + target["somp"]
+    target = {clock: {step: extrapolate(step, clock) for step in steps} for clock in ("cpu", "wall")}
+    rows = [
+        [step, clock, measured[small][step][clock], measured[large][step][clock], target[clock][step], target[clock][step] * args.heads / 3600]
+        for step in steps
+        for clock in ("cpu", "wall")
+    ]
+    per_head = target["cpu"]["textspan"] + target["cpu"]["somp"]
     text = "\n".join(
         [
             f"Descriptions per head: d = {args.width}, rank {args.head_dim + 2} outputs, {args.texts} texts, k = {args.k}, "
-            f"TextSpan rank {args.rank}; CPU, {threads} thread(s); seconds (median of {args.reps})",
+            f"TextSpan rank {args.rank}; CPU, {threads} thread(s); seconds (median of {args.reps}); "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
             "",
-            table(rows, ["step", f"n = {small}", f"n = {large}", f"n = {args.target_samples} (extrapolated)", f"hours for {args.heads} heads"]),
+            table(rows, ["step", "clock", f"n = {small}", f"n = {large}", f"n = {args.target_samples} (extrapolated)", f"hours for {args.heads} heads"]),
             "",
-            f"TIME textspan + somp per head at n = {args.target_samples}: {per_head:.2f} s "
+            f"TIME textspan + somp per head at n = {args.target_samples} (CPU time): {per_head:.2f} s "
             f"({per_head * args.heads / 3600:.2f} h for {args.heads} heads; moments from the pca rule on the train split)",
-            f"TIME with moments (another split): {per_head + target['moments']:.2f} s per head",
+            f"TIME with moments (another split): {per_head + target['cpu']['moments']:.2f} s per head",
         ]
     )
     record = {
@@ -107,7 +119,7 @@ def main() -> None:
         "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "measured": {str(samples): times for samples, times in measured.items()},
         "extrapolated": target,
-        "per_head_s": per_head,
+        "per_head_cpu_s": per_head,
     }
     report(args.name, args.out_dir, text, record)
 

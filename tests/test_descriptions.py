@@ -4,16 +4,22 @@ the samples; the dictionary's sources and errors; the table."""
 from __future__ import annotations
 
 import hashlib
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from conftest import REPO
 from torch import Tensor
 
 from residual.descriptions.components import component_ends
-from residual.descriptions.describe import DescriptionSettings, Streaming, describe_unit_file, selected_units
+from residual.config.validate import ConfigError, validate_config
+from residual.descriptions.describe import DescriptionSettings, Streaming, describe_unit_file, description_datasets, selected_units
 from residual.descriptions.dictionary import Dictionary, DictionaryError, DictionarySource, check_source, fetch_texts, read_texts
 from residual.descriptions.somp import somp
 from residual.descriptions.table import descriptions_markdown, descriptions_table, no_text_tower_rows, write_descriptions
@@ -237,3 +243,40 @@ def test_a_table_of_models_without_text_tower_only() -> None:
     assert table["model"].to_list() == ["vit", "dino"] and table["unit"].null_count() == 2
     assert descriptions_markdown(table, "t", demo=False).count("no text tower") == 2
     assert no_text_tower_rows([]).is_empty()
+
+
+# Config ---------------------------------------------------------------------------------------
+
+
+def tiny_config() -> dict:
+    return yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+
+
+def test_config_defaults_and_mistakes() -> None:
+    config = validate_config(tiny_config())
+    settings = DescriptionSettings.from_config(config)
+    assert settings == DescriptionSettings(split="train", units=4, rank=80, k=3, components=3, per_end=3)
+    assert DescriptionSettings(**settings.params()) == settings and description_datasets(config) == ["digits"]
+    assert DictionarySource.from_config(config) == DictionarySource("builtin:demo")
+    for edit, message in [
+        (lambda c: c["descriptions"].update(datasets=["cifar10"]), r"at `descriptions\.datasets`: 'cifar10' is not one of"),
+        (lambda c: c["descriptions"].update(units="some"), r"at `descriptions\.units`"),
+        (lambda c: c["descriptions"]["dictionary"].update(sha256="abc"), r"at `descriptions\.dictionary\.sha256`"),
+    ]:
+        config = tiny_config()
+        edit(config)
+        with pytest.raises(ConfigError, match=message):
+            validate_config(config)
+
+
+def test_a_missing_dictionary_stops_a_dry_run(tmp_path: Path) -> None:
+    config = tiny_config()
+    config["descriptions"]["dictionary"]["source"] = str(tmp_path / "absent.txt")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(tmp_path / "config.yaml"), "-n"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert re.search(r"descriptions\.dictionary\.source.*absent\.txt.* does not exist", run.stdout + run.stderr)
