@@ -96,21 +96,40 @@ def main() -> None:
     steps = ["moments", "textspan", "somp"]
     target = {clock: {step: extrapolate(step, clock) for step in steps} for clock in ("cpu", "wall")}
     rows = [
-        [step, clock, measured[small][step][clock], measured[large][step][clock], target[clock][step], target[clock][step] * args.heads / 3600]
+        [
+            step,
+            clock,
+            measured[small][step][clock],
+            measured[large][step][clock],
+            target[clock][step],
+            target[clock][step] * args.heads / 3600,
+        ]
         for step in steps
         for clock in ("cpu", "wall")
     ]
     per_head = target["cpu"]["textspan"] + target["cpu"]["somp"]
+    headers = [
+        "step",
+        "clock",
+        f"n = {small}",
+        f"n = {large}",
+        f"n = {args.target_samples} (extrapolated)",
+        f"hours for {args.heads} heads",
+    ]
     text = "\n".join(
         [
-            f"Descriptions per head: d = {args.width}, rank {args.head_dim + 2} outputs, {args.texts} texts, k = {args.k}, "
-            f"TextSpan rank {args.rank}; CPU, {threads} thread(s); seconds (median of {args.reps}); "
-            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+            (
+                f"Descriptions per head: d = {args.width}, rank {args.head_dim + 2} outputs, {args.texts} texts, k = {args.k}, "
+                f"TextSpan rank {args.rank}; CPU, {threads} thread(s); seconds (median of {args.reps}); "
+                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+            ),
             "",
-            table(rows, ["step", "clock", f"n = {small}", f"n = {large}", f"n = {args.target_samples} (extrapolated)", f"hours for {args.heads} heads"]),
+            table(rows, headers),
             "",
-            f"TIME textspan + somp per head at n = {args.target_samples} (CPU time): {per_head:.2f} s "
-            f"({per_head * args.heads / 3600:.2f} h for {args.heads} heads; moments from the pca rule on the train split)",
+            (
+                f"TIME textspan + somp per head at n = {args.target_samples} (CPU time): {per_head:.2f} s "
+                f"({per_head * args.heads / 3600:.2f} h for {args.heads} heads; moments from the pca rule on the train split)"
+            ),
             f"TIME with moments (another split): {per_head + target['cpu']['moments']:.2f} s per head",
         ]
     )

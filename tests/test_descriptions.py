@@ -17,9 +17,15 @@ import yaml
 from conftest import REPO
 from torch import Tensor
 
-from residual.descriptions.components import component_ends
 from residual.config.validate import ConfigError, validate_config
-from residual.descriptions.describe import DescriptionSettings, Streaming, describe_unit_file, description_datasets, selected_units
+from residual.descriptions.components import component_ends
+from residual.descriptions.describe import (
+    DescriptionSettings,
+    Streaming,
+    describe_unit_file,
+    description_datasets,
+    selected_units,
+)
 from residual.descriptions.dictionary import Dictionary, DictionaryError, DictionarySource, check_source, fetch_texts, read_texts
 from residual.descriptions.somp import somp
 from residual.descriptions.table import descriptions_markdown, descriptions_table, no_text_tower_rows, write_descriptions
@@ -95,7 +101,9 @@ def test_text_span_recovers_planted_atoms_and_matches_the_reference() -> None:
     # (the variance along each projected text, not renormalised) need not order what a pick explains.
     assert found.explained[0] > found.explained[1] > found.explained[2] > 100 * max(found.explained[3:]), found.explained
     assert found.explained[0] > 0.5 and 0.99 < found.total <= 1 + 1e-9  # three atoms hold all but the noise
-    torch.testing.assert_close(torch.tensor(found.remaining, dtype=torch.float64), 1 - torch.tensor(found.explained, dtype=torch.float64).cumsum(0))
+    torch.testing.assert_close(
+        torch.tensor(found.remaining, dtype=torch.float64), 1 - torch.tensor(found.explained, dtype=torch.float64).cumsum(0)
+    )
 
 
 def test_text_span_with_a_span_smaller_than_the_data() -> None:
@@ -222,10 +230,14 @@ def test_describe_unit_file_and_table(digit_units: dict[str, Path], tmp_path: Pa
     assert (rows.filter(pl.col("method") != "component")["explained_total"] <= 1 + 1e-6).all()
 
     # The val split fits its own moments; a different group size gives the same picks.
-    val = describe_unit_file(digit_units["val"], pca_path, dictionary, DescriptionSettings(**{**settings.params(), "split": "val"}))
+    val = describe_unit_file(
+        digit_units["val"], pca_path, dictionary, DescriptionSettings(**{**settings.params(), "split": "val"})
+    )
     assert val.filter(pl.col("method") == "component").equals(rows.filter(pl.col("method") == "component"))
 
-    rows.with_columns(model=pl.lit("clip_tiny"), dataset=pl.lit("digits"), split=pl.lit("train")).write_parquet(tmp_path / "part.parquet")
+    rows.with_columns(model=pl.lit("clip_tiny"), dataset=pl.lit("digits"), split=pl.lit("train")).write_parquet(
+        tmp_path / "part.parquet"
+    )
     table = descriptions_table([tmp_path / "part.parquet"], "tiny", ["dino_tiny"])
     assert table.columns[:5] == ["run", "model", "dataset", "split", "unit"]
     assert table.filter(pl.col("model") == "dino_tiny")["note"].str.contains("no text tower").all()
@@ -276,7 +288,7 @@ def test_a_missing_dictionary_stops_a_dry_run(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--configfile", str(tmp_path / "config.yaml"), "-n"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert run.returncode != 0
     assert re.search(r"descriptions\.dictionary\.source.*absent\.txt.* does not exist", run.stdout + run.stderr)

@@ -95,7 +95,13 @@ def centred_coordinates(unit_file: UnitFile, pca: UnitPCA, batch_size: int, devi
 
 def _method_rows(method: str, decomposition: Decomposition, texts: list[str]) -> list[dict[str, object]]:
     return [
-        {"method": method, "rank": rank, "text": texts[index], "explained_variance": share, "explained_total": decomposition.total}
+        {
+            "method": method,
+            "rank": rank,
+            "text": texts[index],
+            "explained_variance": share,
+            "explained_total": decomposition.total,
+        }
         for rank, (index, share) in enumerate(zip(decomposition.indices, decomposition.explained), start=1)
     ]
 
@@ -146,12 +152,23 @@ def describe_unit_file(
         if settings.split == PCA_SPLIT:
             moments = fitted
         else:
-            moments = fit_unit_file(units_path, group, False, streaming.batch_size, len(group), streaming.device)
+            moments = fit_unit_file(
+                units_path,
+                group,
+                include_output=False,
+                batch_size=streaming.batch_size,
+                group_size=len(group),
+                device=streaming.device,
+            )
         coordinates = centred_coordinates(unit_file, moments, streaming.batch_size, streaming.device)
         for unit, name in enumerate(group):
             spans = text_span(moments, unit, dictionary.embeddings, settings.rank, settings.k)
             pursuit = somp(
-                coordinates[unit], moments.components[unit], dictionary.embeddings, float(moments.total_variance[unit]), settings.k
+                coordinates[unit],
+                moments.components[unit],
+                dictionary.embeddings,
+                float(moments.total_variance[unit]),
+                settings.k,
             )
             described = [
                 *_method_rows("textspan", spans, dictionary.texts),

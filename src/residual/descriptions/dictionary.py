@@ -149,7 +149,10 @@ class Dictionary:
 
     @classmethod
     def load(cls, path: str | Path) -> Dictionary:
-        with open_tensors(path, "dictionary file", "encode_descriptions", format=FORMAT, error=DictionaryFileError) as (handle, header):
+        with open_tensors(path, "dictionary file", "encode_descriptions", format=FORMAT, error=DictionaryFileError) as (
+            handle,
+            header,
+        ):
             texts = header.pop("texts")
             embeddings = handle.get_tensor("embeddings")
             if embeddings.shape[0] != len(texts):

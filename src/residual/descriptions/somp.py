@@ -66,4 +66,3 @@ def somp(
         remaining.append(max(now, 0.0) / scale)
         left = now
     return Decomposition(chosen, explained, remaining)
-

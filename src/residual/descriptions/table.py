@@ -84,11 +84,18 @@ def _unit_markdown(rows: pl.DataFrame) -> str:
         lines = []
         for (component,), group in components.group_by("component", maintain_order=True):
             ends = {
-                end: "; ".join(f"{text} ({cosine:.2f})" for text, cosine in group.filter(pl.col("end") == end).select("text", "cosine").rows())
+                end: "; ".join(
+                    f"{text} ({cosine:.2f})"
+                    for text, cosine in group.filter(pl.col("end") == end).select("text", "cosine").rows()
+                )
                 for end in ("+", "-")
             }
             lines.append([f"PC{component}", group["explained_variance"][0], ends["+"], ends["-"]])
-        parts.append(tabulate(lines, headers=["component", "explained", "largest cosine", "smallest cosine"], tablefmt="github", floatfmt=".3g"))
+        parts.append(
+            tabulate(
+                lines, headers=["component", "explained", "largest cosine", "smallest cosine"], tablefmt="github", floatfmt=".3g"
+            )
+        )
     return "\n\n".join(parts)
 
 
