@@ -58,10 +58,12 @@ VARIANTS = TRAINING["variants"]
 UNIT_MAP = "results/units/{model}/unit_map.safetensors"
 TABLE_FORMATS = ["parquet", "csv", "md"]
 # A table kind is made when it has rows: similarity needs a dataset besides the reference,
-# training a task dataset and a variant, the head tables a task dataset.
+# training a task dataset and a variant, the head tables a task dataset (descriptions always has
+# one: a model without a text tower says so).
 TABLE_KINDS = [
     "decomposition",
     "intrinsic_dimension",
+    "descriptions",
     *(["similarity"] if len(DATASETS) > 1 else []),
     *(["training"] if TASKS and VARIANTS else []),
     *(["zeroshot", "head_scores", "head_selection", "head_overlap"] if TASKS else []),

@@ -51,7 +51,11 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "similarity": 5 * 13,
         "classifier": 5 * 11,
         "train": 5 * 11 * 6,
+        "description_texts": 1,
+        "encode_descriptions": 3,  # CLIP, OpenCLIP, BLIP: the models with a text tower
+        "describe_units": 3,
         "decomposition_table": 1,
+        "descriptions_table": 1,
         "intrinsic_dimension_table": 1,
         "similarity_table": 1,
         "training_table": 1,
@@ -75,9 +79,13 @@ def test_demo_dag(tmp_path) -> None:
     assert run.returncode == 0, run.stderr
     per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6,
                  "zeroshot": 2, "head_scores": 1, "head_selection": 1}  # fmt: skip
-    kinds = ("decomposition", "intrinsic_dimension", "similarity", "training", "zeroshot", "head_scores", "head_selection", "head_overlap")
+    kinds = ("decomposition", "intrinsic_dimension", "similarity", "training", "zeroshot", "head_scores", "head_selection",
+             "head_overlap", "descriptions")  # fmt: skip
     tables = {f"{kind}_table": 1 for kind in kinds}
-    assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, "all": 1}
+    descriptions = {"description_texts": 1, "encode_descriptions": 1, "describe_units": 1}  # clip_b32 only: DINOv2 has no text tower
+    assert job_counts(run.stdout) == {
+        "split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, **descriptions, "all": 1
+    }  # fmt: skip
 
 
 def test_tiny_config_end_to_end(tiny_run: tuple[Path, str]) -> None:
@@ -126,6 +134,10 @@ def test_tiny_config_end_to_end(tiny_run: tuple[Path, str]) -> None:
     assert units.height == 2 and (units["accuracy"] == units["accuracy_units"]).all()
     assert pl.read_parquet(tmp_path / "results/tables/head_overlap.parquet")["jaccard"].eq(1.0).all()  # one task dataset
     assert "U|T" in (tmp_path / "results/tables/head_selection.md").read_text()
+    descriptions = pl.read_parquet(tmp_path / "results/tables/descriptions.parquet")
+    described = descriptions.filter(pl.col("note").is_null())
+    assert set(described["model"]) == {"clip_tiny"} and described["unit"].n_unique() == 2 * 4  # both layers' heads
+    assert descriptions.filter(pl.col("model") == "dino_tiny")["note"].str.contains("no text tower").all()
 
     again = snakemake(tmp_path, "--configfile", config, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

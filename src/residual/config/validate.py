@@ -95,7 +95,11 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 def _check_dataset_names(config: dict[str, Any], source: str) -> None:
     """Keys that name datasets must name datasets of this config."""
     datasets = list(config["datasets"])
-    named = {"reference_dataset": [config["reference_dataset"]], "analysis.id_datasets": config["analysis"]["id_datasets"] or []}
+    named = {
+        "reference_dataset": [config["reference_dataset"]],
+        "analysis.id_datasets": config["analysis"]["id_datasets"] or [],
+        "descriptions.datasets": config["descriptions"]["datasets"] or [],
+    }
     for key, names in named.items():
         for name in names:
             if name not in datasets:

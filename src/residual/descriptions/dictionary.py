@@ -1,0 +1,166 @@
+"""The text dictionary that describes units (METHOD section 7): one description per line.
+
+A run names one source (`descriptions.dictionary.source`): a local text file, a list shipped with
+the package (`builtin:<name>`, e.g. the demo's `builtin:demo`), or a URL fetched once by the
+`description_texts` rule (optionally checked against `sha256`). Each model with a text tower then
+encodes the list once (`encode_dictionary`); rows are L2-normalised and stored with their texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from residual.config.params import Plain, canonical
+from residual.config.validate import ConfigError
+from residual.io.atomic import atomic_path
+from residual.io.tensors import TensorFileError, open_tensors, save_tensors
+from residual.models import LoadedModel
+from residual.models.text import encode_text
+
+FORMAT = "residual-dictionary/1"  # bump when the file layout or the encoding changes
+KEY = "descriptions.dictionary"
+BUILTIN = "builtin:"
+URL_SCHEMES = ("http://", "https://", "file://")
+
+
+class DictionaryError(ConfigError):
+    """The dictionary source is missing, empty, unreachable or fails its checksum; the message names the key."""
+
+
+class DictionaryFileError(TensorFileError):
+    """An encoded dictionary file is missing or corrupt."""
+
+
+@dataclass(frozen=True)
+class DictionarySource:
+    """Where the descriptions come from: `source` (path, `builtin:<name>` or URL) and the optional
+    `sha256` of its bytes."""
+
+    source: str
+    sha256: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DictionarySource:
+        entry = config["descriptions"]["dictionary"]
+        return cls(entry["source"], entry["sha256"])
+
+    def params(self) -> dict[str, Plain]:
+        return canonical(asdict(self))  # type: ignore[return-value]
+
+    @property
+    def is_url(self) -> bool:
+        return self.source.startswith(URL_SCHEMES)
+
+    def local_path(self) -> Path | None:
+        """The file a local or builtin source names (None for a URL); DictionaryError for an unknown builtin."""
+        if self.is_url:
+            return None
+        if self.source.startswith(BUILTIN):
+            name = self.source.removeprefix(BUILTIN)
+            shipped = files("residual.descriptions").joinpath("texts")
+            path = Path(str(shipped.joinpath(f"{name}.txt")))
+            if not path.is_file():
+                known = sorted(Path(str(item)).stem for item in shipped.iterdir() if item.name.endswith(".txt"))
+                raise DictionaryError(f"`{KEY}.source`: no builtin list {name!r}; builtin lists: {known}")
+            return path
+        return Path(self.source)
+
+
+def parse_texts(data: bytes, origin: str) -> list[str]:
+    """One description per line (UTF-8, surrounding whitespace stripped, blank lines skipped)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DictionaryError(f"`{KEY}.source`: {origin} is not UTF-8 text ({error}): give one description per line") from error
+    texts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not texts:
+        raise DictionaryError(f"`{KEY}.source`: {origin} holds no description: give one description per line")
+    return texts
+
+
+def _read_bytes(source: DictionarySource) -> bytes:
+    path = source.local_path()
+    if path is not None:
+        if not path.is_file():
+            raise DictionaryError(f"`{KEY}.source`: the dictionary file {str(path)!r} does not exist: fix the path or use a URL")
+        return path.read_bytes()
+    try:
+        with urllib.request.urlopen(source.source, timeout=60) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise DictionaryError(
+            f"`{KEY}.source`: fetching {source.source} failed ({error}); where there is no network, download the "
+            "file elsewhere and point `source` at the local copy"
+        ) from error
+
+
+def check_source(source: DictionarySource) -> None:
+    """Fail early on a local source that is missing or empty (URLs are only checked when fetched)."""
+    if not source.is_url:
+        parse_texts(_read_bytes(source), repr(source.source))
+
+
+def fetch_texts(source: DictionarySource, output: str | Path) -> list[str]:
+    """Read (or download) the source once, check its checksum, write its descriptions to `output`
+    one per line (atomically) and return them."""
+    data = _read_bytes(source)
+    if source.sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != source.sha256.lower():
+            raise DictionaryError(
+                f"`{KEY}.sha256`: {source.source} has sha256 {digest}, the config expects {source.sha256}: "
+                "the file changed or the transfer was truncated; check it and update the checksum"
+            )
+    texts = parse_texts(data, source.source)
+    with atomic_path(output) as tmp:
+        tmp.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return texts
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """The descriptions written by `fetch_texts`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DictionaryError(f"dictionary file {path} does not exist: run the description_texts rule")
+    return parse_texts(path.read_bytes(), str(path))
+
+
+@dataclass(frozen=True)
+class Dictionary:
+    """A model's encoded dictionary: texts [m]; embeddings [m, d_out] float32, rows of unit norm
+    (a text the tower maps to zero stays a zero row)."""
+
+    texts: list[str]
+    embeddings: Tensor
+    metadata: dict[str, Any]
+
+    def save(self, path: str | Path) -> None:
+        save_tensors(path, {"embeddings": self.embeddings.float()}, {"format": FORMAT, "texts": self.texts, **self.metadata})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Dictionary:
+        with open_tensors(path, "dictionary file", "encode_descriptions", format=FORMAT, error=DictionaryFileError) as (
+            handle,
+            header,
+        ):
+            texts = header.pop("texts")
+            embeddings = handle.get_tensor("embeddings")
+            if embeddings.shape[0] != len(texts):
+                raise DictionaryFileError(f"dictionary file {path}: {embeddings.shape[0]} rows for {len(texts)} texts")
+            return cls(texts, embeddings, {key: value for key, value in header.items() if key != "format"})
+
+
+def encode_dictionary(model: LoadedModel, texts: list[str], batch_size: int = 256) -> Dictionary:
+    """The texts through the model's own text tower (`encode_text`), rows L2-normalised, on the CPU."""
+    embeddings = F.normalize(encode_text(model, texts, batch_size), dim=-1).cpu()
+    return Dictionary(texts, embeddings, {"model": model.name})
