@@ -26,6 +26,7 @@ include: "rules/data.smk"
 include: "rules/units.smk"
 include: "rules/spectral.smk"
 include: "rules/alignment.smk"
+include: "rules/finetune.smk"
 include: "rules/report.smk"
 
 

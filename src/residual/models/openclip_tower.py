@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import open_clip
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
@@ -58,3 +59,8 @@ def tower(model: nn.Module) -> Tower:
         encode=model.encode_image,
         batch_first=visual.transformer.batch_first,
     )
+
+
+def train_transform(model: nn.Module, preprocess: Any) -> Any:
+    """The train transform `create_model_and_transforms` builds beside the eval one (same config)."""
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)

@@ -54,8 +54,9 @@ def with_keys(table: pl.DataFrame, **keys: str) -> pl.DataFrame:
 
 
 def concat_tables(paths: Sequence[str | Path], run_name: str) -> pl.DataFrame:
-    """Per-job Parquet tables of one kind, stacked, with the run's name in front."""
-    return with_keys(pl.concat([pl.read_parquet(path) for path in paths], how="vertical_relaxed"), run=run_name)
+    """Per-job Parquet tables of one kind, stacked (a column some jobs lack is null there), with the
+    run's name in front."""
+    return with_keys(pl.concat([pl.read_parquet(path) for path in paths], how="diagonal_relaxed"), run=run_name)
 
 
 def layer_summary(table: pl.DataFrame, values: Sequence[str]) -> pl.DataFrame:
