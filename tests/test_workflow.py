@@ -37,7 +37,8 @@ def test_lint_is_clean(tmp_path, config: str) -> None:
 
 def test_paper_dag_plans_without_network(tmp_path) -> None:
     """config.yaml: 5 ViT-L models x 14 datasets x 3 splits, 13 datasets with files to fetch or check,
-    11 task datasets x 6 variants trained, 13 datasets compared with ImageNet, TwoNN on ImageNet."""
+    11 task datasets x 6 variants trained on units and fine-tuned, 13 datasets compared with ImageNet,
+    TwoNN on ImageNet."""
     run = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
     assert job_counts(run.stdout) == {
@@ -50,10 +51,12 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "similarity": 5 * 13,
         "classifier": 5 * 11,
         "train": 5 * 11 * 6,
+        "finetune": 5 * 11,
         "decomposition_table": 1,
         "intrinsic_dimension_table": 1,
         "similarity_table": 1,
         "training_table": 1,
+        "main_table": 1,
         "all": 1,
     }
 
@@ -68,8 +71,8 @@ def test_paper_dag_with_appendix_models(tmp_path) -> None:
 def test_demo_dag(tmp_path) -> None:
     run = snakemake(tmp_path, "--configfile", str(REPO / "configs/demo.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
-    per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6}
-    tables = {f"{kind}_table": 1 for kind in ("decomposition", "intrinsic_dimension", "similarity", "training")}
+    per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6, "finetune": 1}
+    tables = {f"{kind}_table": 1 for kind in ("decomposition", "intrinsic_dimension", "similarity", "training", "main")}
     assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, "all": 1}
 
 
@@ -105,12 +108,15 @@ def test_tiny_config_end_to_end(tmp_path) -> None:
     assert similarity["similarity"].is_between(0, 1 + 1e-6).all()
 
     training = pl.read_parquet(tmp_path / "results/tables/training.parquet")
-    assert training.height == 2 * 6 and set(training["classifier"]) == {"text", "class_means"}
+    assert training.height == 2 * 7 and set(training["classifier"]) == {"text", "class_means"}
     assert training.filter(pl.col("variant") == "base")["trainable_parameters"].to_list() == [0, 0]
     assert training["test_accuracy"].is_between(0, 1).all() and (training["epochs_run"] <= 3).all()
     assert not list((tmp_path / "results/train").rglob(".*.resume.safetensors")), "finished runs leave no checkpoint"
     summary = (tmp_path / "results/tables/training.md").read_text()
     assert "not the paper's" in summary and "residual_fine" in summary
+    main = pl.read_parquet(tmp_path / "results/tables/main.parquet")
+    assert main.filter(pl.col("row") == "dataset").height == 2 and {"finetune", "finetune_params", "base_of_finetune"} <= set(main.columns)
+    assert (tmp_path / "results/tables/main.tex").read_text().startswith(r"\documentclass")
 
     again = snakemake(tmp_path, "--configfile", config, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

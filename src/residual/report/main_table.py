@@ -44,7 +44,7 @@ def main_table(runs: pl.DataFrame, variants: Sequence[str]) -> pl.DataFrame:
     )
     ratios = FINETUNE in variants
     if ratios:
-        table = table.with_columns(pl.col(variant).truediv(pl.col(FINETUNE)).alias(f"{variant}_of_finetune") for variant in variants)
+        table = table.with_columns(_over(pl.col(variant), pl.col(FINETUNE)).alias(f"{variant}_of_finetune") for variant in variants)
     group = [key for key in keys if key != "dataset"]
     means = table.group_by(group, maintain_order=True).agg(
         pl.lit(MEAN).alias("dataset"), pl.lit(MEAN).alias("row"), pl.exclude(*keys, "row").mean()
@@ -56,7 +56,7 @@ def main_table(runs: pl.DataFrame, variants: Sequence[str]) -> pl.DataFrame:
                 *group,
                 pl.lit(RATIO).alias("dataset"),
                 pl.lit(RATIO).alias("row"),
-                *(pl.col(variant).truediv(pl.col(FINETUNE)) for variant in variants),
+                *(_over(pl.col(variant), pl.col(FINETUNE)) for variant in variants),
                 *(pl.col(f"{variant}_params").truediv(pl.col(f"{FINETUNE}_params")) for variant in variants),
                 *(pl.lit(None, pl.Float64).alias(f"{variant}_of_finetune") for variant in variants),
             )
@@ -83,9 +83,9 @@ def paper_layout(table: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
     for (model,), block in table.group_by("model", maintain_order=True):
         for record in block.iter_rows(named=True):
             if record["row"] == RATIO:
-                cells = [f"{record[variant]:.2f}" for variant in variants]
+                cells = [_number(record[variant], "{:.2f}") for variant in variants]
             elif ratios:
-                cells = [f"{100 * record[variant]:.1f} ({record[f'{variant}_of_finetune']:.2f})" for variant in variants]
+                cells = [f"{100 * record[variant]:.1f} ({_number(record[f'{variant}_of_finetune'], '{:.2f}')})" for variant in variants]
             else:
                 cells = [f"{100 * record[variant]:.1f}" for variant in variants]
             rows.append([model, record["dataset"], *cells])
@@ -111,6 +111,16 @@ def caption(runs: pl.DataFrame, variants: Sequence[str], lr_range_test: bool, re
         f"Main results: {cells}. Bases fitted on {reference}. Logits: {logits}; lambda init: {inits}; "
         f"lr ({source}): {', '.join(lrs) or 'none'}."
     )
+
+
+def _over(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
+    """numerator / denominator, null where the denominator is 0 (fine-tuning at 0 accuracy on a
+    toy run): a ratio to nothing is undefined, and means over datasets skip it."""
+    return pl.when(denominator > 0).then(numerator / denominator)
+
+
+def _number(value: float | None, style: str) -> str:
+    return "--" if value is None else style.format(value)
 
 
 def _count(value: float) -> str:
