@@ -88,7 +88,7 @@ def test_markdown_and_latex_are_laid_out_like_the_paper(tmp_path: Path, runs: pl
     title = caption(runs, VARIANTS, lr_range_test=False, reference="imagenet")
     assert "Logits: raw" in title and "lambda init: randn" in title and "finetune 1e-05" in title and "(the config)" in title
     outputs = [tmp_path / f"main.{ext}" for ext in ("parquet", "csv", "md", "tex")]
-    write_table(table, outputs, title, demo=True, markdown=paper_layout(table, LABELS))
+    write_table(table, outputs, title, demo=True, markdown=paper_layout(table, LABELS), group="model")
     assert pl.read_parquet(outputs[0]).equals(table)
 
     markdown = outputs[2].read_text()
@@ -101,7 +101,12 @@ def test_markdown_and_latex_are_laid_out_like_the_paper(tmp_path: Path, runs: pl
     assert re.findall(r"\\end\{(\w+)\}", latex) == ["tabular", "document"]
     assert [r"\toprule" in latex, r"\midrule" in latex, r"\bottomrule" in latex] == [True] * 3
     body = [line for line in latex.splitlines() if line.endswith(r"\\")][1:]  # after the header
-    pairs = [tuple(line.split(" & ")[:2]) for line in body]
+    pairs, model = [], None
+    for line in body:  # a model's name on its block's first row only, blocks parted by a midrule
+        named, dataset = line.split(" & ")[:2]
+        model = named or model
+        pairs.append((model, dataset))
+    assert latex.count(r"\midrule") == len(MODELS) and sum(1 for line in body if line.split(" & ")[0]) == len(MODELS)
     assert [pair for pair in pairs if pair[1] in DATASETS] == [(latex_escape(m), d) for m in MODELS for d in DATASETS]
     assert all(line.count("&") == len(VARIANTS) + 1 for line in body)
     if shutil.which("pdflatex"):

@@ -9,5 +9,5 @@ with rule_context(snakemake) as log:
     labels = dict(runs.select("variant", "label").unique(maintain_order=True).iter_rows())
     title = caption(runs, params.variants, params.lr_range_test, params.reference)
     layout = paper_layout(table, {variant: labels[variant] for variant in params.variants})
-    write_table(table, snakemake.output, title, demo=params.demo, markdown=layout)
+    write_table(table, snakemake.output, title, demo=params.demo, markdown=layout, group="model")
     log.info("%d rows", table.height)
