@@ -31,6 +31,7 @@ include: "rules/spectral.smk"
 include: "rules/descriptions.smk"
 include: "rules/alignment.smk"
 include: "rules/heads.smk"
+include: "rules/finetune.smk"
 include: "rules/report.smk"
 
 

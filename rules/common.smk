@@ -4,6 +4,8 @@
 # them changes. Device, threads, workers and batch sizes are read by the scripts from the config.
 from residual.alignment.classifier import VERSION as CLASSIFIER_VERSION
 from residual.alignment.classifier import ClassifierSpec
+from residual.alignment.finetune import FINETUNE, FinetuneOptions
+from residual.alignment.finetune import VERSION as FINETUNE_VERSION
 from residual.alignment.run import VERSION as TRAIN_VERSION
 from residual.alignment.run import TrainingOptions
 from residual.config.params import model_params, source_params, split_params
@@ -13,6 +15,7 @@ from residual.data.catalog import DATASETS as DATASETS_WITH_FILES
 from residual.data.sequences import SPLITS
 from residual.data.splits import VERSION as SPLIT_VERSION
 from residual.models.text import has_text_tower
+from residual.report.main_table import VERSION as MAIN_TABLE_VERSION
 from residual.report.tables import VERSION as TABLES_VERSION
 from residual.spectral.intrinsic_dimension import VERSION as ID_VERSION
 from residual.spectral.pca import FORMAT as PCA_FORMAT
@@ -51,6 +54,7 @@ DATASETS = list(config["datasets"])
 ENCODE = config["encode"]
 ANALYSIS = config["analysis"]
 TRAINING = config["training"]
+FINETUNING = config["finetune"]
 REFERENCE = config["reference_dataset"]
 TASKS = [name for name, spec in config["datasets"].items() if spec["role"] == "task"]
 VARIANTS = TRAINING["variants"]
@@ -67,15 +71,18 @@ TABLE_KINDS = [
     *(["similarity"] if len(DATASETS) > 1 else []),
     *(["training"] if TASKS and VARIANTS else []),
     *(["zeroshot", "head_scores", "head_selection", "head_overlap"] if TASKS else []),
+    *(["main"] if TASKS and VARIANTS else []),
 ]
 TABLES = expand("results/tables/{table}.{ext}", table=TABLE_KINDS, ext=TABLE_FORMATS)
+TABLES += ["results/tables/main.tex"] if "main" in TABLE_KINDS else []
 
 
 wildcard_constraints:
     model="|".join(MODELS),
     dataset="|".join(DATASETS),
     split="|".join(SPLITS),
-    variant="|".join(VARIANTS) or "(?!)",
+    # The `train` rule's variants, on stored units; `finetune` has its own rule (it needs the images).
+    variant="|".join(variant for variant in VARIANTS if variant != FINETUNE) or "(?!)",
 
 
 def model_spec(wildcards):

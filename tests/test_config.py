@@ -102,7 +102,8 @@ def test_id_datasets_default_to_the_reference_dataset() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c["training"].update(variants=["base", "finetune"]), r"at `training\.variants\.1`: 'finetune' is not one of"),
+        (lambda c: c["training"].update(variants=["base", "fine_tune"]), r"at `training\.variants\.1`: 'fine_tune' is not one of"),
+        (lambda c: c.update(finetune={"max_train_images": 0}), r"at `finetune\.max_train_images`: 0 is less than the minimum of 1"),
         (lambda c: c["training"].update(lambda_init="zeros"), r"at `training\.lambda_init`: 'zeros' is not one of"),
         (lambda c: c["training"].update(logits="softmax"), r"at `training\.logits`: 'softmax' is not one of"),
         (lambda c: c["training"].update(class_means="median"), r"at `training\.class_means`: 'median' is not one of"),

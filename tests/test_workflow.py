@@ -37,8 +37,8 @@ def test_lint_is_clean(tmp_path, config: str) -> None:
 
 def test_paper_dag_plans_without_network(tmp_path) -> None:
     """config.yaml: 5 ViT-L models x 14 datasets x 3 splits, 13 datasets with files to fetch or check,
-    11 task datasets x 6 variants trained, 13 datasets compared with ImageNet, TwoNN on ImageNet,
-    11 task datasets with zero-shot rows (val, test), head scores and head selections."""
+    11 task datasets x 6 variants trained on units and fine-tuned, 13 datasets compared with ImageNet,
+    TwoNN on ImageNet, 11 task datasets with zero-shot rows (val, test), head scores and head selections."""
     run = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
     assert job_counts(run.stdout) == {
@@ -54,6 +54,7 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "description_texts": 1,
         "encode_descriptions": 3,  # CLIP, OpenCLIP, BLIP: the models with a text tower
         "describe_units": 3,
+        "finetune": 5 * 11,
         "decomposition_table": 1,
         "descriptions_table": 1,
         "intrinsic_dimension_table": 1,
@@ -63,6 +64,7 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "head_scores": 5 * 11,
         "head_selection": 5 * 11,
         **{f"{kind}_table": 1 for kind in ("zeroshot", "head_scores", "head_selection", "head_overlap")},
+        "main_table": 1,
         "all": 1,
     }
 
@@ -77,10 +79,10 @@ def test_paper_dag_with_appendix_models(tmp_path) -> None:
 def test_demo_dag(tmp_path) -> None:
     run = snakemake(tmp_path, "--configfile", str(REPO / "configs/demo.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
-    per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6,
+    per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6, "finetune": 1,
                  "zeroshot": 2, "head_scores": 1, "head_selection": 1}  # fmt: skip
-    kinds = ("decomposition", "intrinsic_dimension", "similarity", "training", "zeroshot", "head_scores", "head_selection",
-             "head_overlap", "descriptions")  # fmt: skip
+    kinds = ("decomposition", "intrinsic_dimension", "similarity", "training", "main", "zeroshot", "head_scores",
+             "head_selection", "head_overlap", "descriptions")  # fmt: skip
     tables = {f"{kind}_table": 1 for kind in kinds}
     descriptions = {"description_texts": 1, "encode_descriptions": 1, "describe_units": 1}  # clip_b32 only: DINOv2 has no text tower
     assert job_counts(run.stdout) == {
@@ -119,12 +121,15 @@ def test_tiny_config_end_to_end(tiny_run: tuple[Path, str]) -> None:
     assert similarity["similarity"].is_between(0, 1 + 1e-6).all()
 
     training = pl.read_parquet(tmp_path / "results/tables/training.parquet")
-    assert training.height == 2 * 6 and set(training["classifier"]) == {"text", "class_means"}
+    assert training.height == 2 * 7 and set(training["classifier"]) == {"text", "class_means"}
     assert training.filter(pl.col("variant") == "base")["trainable_parameters"].to_list() == [0, 0]
     assert training["test_accuracy"].is_between(0, 1).all() and (training["epochs_run"] <= 3).all()
     assert not list((tmp_path / "results/train").rglob(".*.resume.safetensors")), "finished runs leave no checkpoint"
     summary = (tmp_path / "results/tables/training.md").read_text()
     assert "not the paper's" in summary and "residual_fine" in summary
+    main = pl.read_parquet(tmp_path / "results/tables/main.parquet")
+    assert main.filter(pl.col("row") == "dataset").height == 2 and {"finetune", "finetune_params", "base_of_finetune"} <= set(main.columns)
+    assert (tmp_path / "results/tables/main.tex").read_text().startswith(r"\documentclass")
 
     zeroshot = pl.read_parquet(tmp_path / "results/tables/zeroshot.parquet")
     assert zeroshot.height == 2 * 2 and set(zeroshot["split"]) == {"val", "test"}

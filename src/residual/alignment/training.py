@@ -77,7 +77,7 @@ class TrainResult:
 
 
 @dataclass
-class _Progress:
+class Progress:
     """What a checkpoint restores besides tensors."""
 
     epochs_done: int = 0
@@ -112,44 +112,44 @@ def train(
         return TrainResult(val, test, 0, 0, 0, [], {})
     if settings.epochs < 1:
         raise ValueError(f"{settings.variant}: epochs must be at least 1, got {settings.epochs}")
-    optimizer = _optimizer(parameters, settings.lr)
+    optimizer = make_optimizer(parameters, settings.lr)
     digest = _digest(module, classifier, settings, (features_train, features_val, features_test))
-    progress, best_state = _Progress(), _parameters(module)
+    progress, best_state = Progress(), trainable_state(module)
     if checkpoint is not None and Path(checkpoint).is_file():
-        restored = _load_checkpoint(Path(checkpoint), digest, module, optimizer)
+        restored = load_checkpoint(Path(checkpoint), digest, module, optimizer)
         if restored is not None:
             progress, best_state = restored
             log.info("%s: resumed from %s after epoch %d", settings.variant, checkpoint, progress.epochs_done)
     while progress.epochs_done < settings.epochs and progress.bad_epochs < settings.patience:
         epoch = progress.epochs_done + 1
-        _set_mode(module, optimizer, training=True)
+        set_mode(module, optimizer, training=True)
         total, seen = 0.0, 0
-        for step, index in enumerate(_batches(len(features_train), settings.batch_size, settings.seed, epoch), 1):
+        for step, index in enumerate(epoch_batches(len(features_train), settings.batch_size, settings.seed, epoch), 1):
             batch = features_train.select(index.to(features_train.labels.device))
             loss = F.cross_entropy(classifier(module(batch)), batch.labels)
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise _diverged(settings, epoch, step, f"the loss is {value}")
+                raise diverged(settings, epoch, step, f"the loss is {value}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if not all(bool(torch.isfinite(parameter).all()) for parameter in parameters):
-                raise _diverged(settings, epoch, step, "a parameter became NaN or Inf after the optimizer step")
+                raise diverged(settings, epoch, step, "a parameter became NaN or Inf after the optimizer step")
             total, seen = total + value * len(index), seen + len(index)
-        _set_mode(module, optimizer, training=False)
+        set_mode(module, optimizer, training=False)
         val = accuracy(module, classifier, features_val, settings.eval_batch_size)
         progress.history.append({"epoch": epoch, "train_loss": total / seen, "val_accuracy": val})
         progress.epochs_done = epoch
         if val > progress.best_val:
             progress.best_val, progress.best_epoch, progress.bad_epochs = val, epoch, 0
-            best_state = _parameters(module)
+            best_state = trainable_state(module)
         else:
             progress.bad_epochs += 1
         log.info("%s epoch %d: train loss %.4f, val accuracy %.4f", settings.variant, epoch, total / seen, val)
         if checkpoint is not None:
-            _save_checkpoint(Path(checkpoint), digest, module, optimizer, best_state, progress)
-    _set_mode(module, optimizer, training=False)
-    _load_parameters(module, best_state)
+            save_checkpoint(Path(checkpoint), digest, module, optimizer, best_state, progress)
+    set_mode(module, optimizer, training=False)
+    load_parameters(module, best_state)
     test = accuracy(module, classifier, features_test, settings.eval_batch_size)
     return TrainResult(
         val_accuracy=progress.best_val,
@@ -190,12 +190,12 @@ def lr_range_test(
     parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
     if not parameters:
         raise ValueError(f"{settings.variant} has no trainable parameters: there is no lr to choose")
-    saved = _parameters(module)
-    optimizer = _optimizer(parameters, min_lr)
-    _set_mode(module, optimizer, training=True)
+    saved = trainable_state(module)
+    optimizer = make_optimizer(parameters, min_lr)
+    set_mode(module, optimizer, training=True)
     lrs, losses, smoothed = [], [], 0.0
     samples, size, seed = len(features), settings.batch_size, settings.seed
-    order = (index for epoch in range(1, steps + 1) for index in _batches(samples, size, seed, epoch))
+    order = (index for epoch in range(1, steps + 1) for index in epoch_batches(samples, size, seed, epoch))
     for step, index in zip(range(steps), order):
         lr = min_lr * (max_lr / min_lr) ** (step / max(steps - 1, 1))
         for group in optimizer.param_groups:
@@ -212,8 +212,8 @@ def lr_range_test(
         losses.append(smoothed / (1 - 0.98 ** (step + 1)))
         if losses[-1] > 4 * min(losses):
             break
-    _set_mode(module, optimizer, training=False)
-    _load_parameters(module, saved)
+    set_mode(module, optimizer, training=False)
+    load_parameters(module, saved)
     if len(losses) < 13:
         raise ValueError(
             f"{settings.variant}: the lr range test diverged after {len(losses)} steps "
@@ -224,11 +224,11 @@ def lr_range_test(
     return lrs[10 + int(np.argmin(slopes))]
 
 
-def _optimizer(parameters: list[nn.Parameter], lr: float) -> AdamWScheduleFree:
+def make_optimizer(parameters: list[nn.Parameter], lr: float) -> AdamWScheduleFree:
     return AdamWScheduleFree(parameters, lr=lr, betas=BETAS, weight_decay=0.0, warmup_steps=0)
 
 
-def _set_mode(module: nn.Module, optimizer: AdamWScheduleFree, training: bool) -> None:
+def set_mode(module: nn.Module, optimizer: AdamWScheduleFree, training: bool) -> None:
     """Schedule-free keeps two iterates: train mode puts y in the parameters, eval mode x."""
     module.train(training)
     if training:
@@ -237,7 +237,7 @@ def _set_mode(module: nn.Module, optimizer: AdamWScheduleFree, training: bool) -
         optimizer.eval()
 
 
-def _batches(samples: int, batch_size: int, seed: int, epoch: int) -> Iterator[Tensor]:
+def epoch_batches(samples: int, batch_size: int, seed: int, epoch: int) -> Iterator[Tensor]:
     """Index batches [<= batch_size] of one epoch, in an order fixed by (seed, epoch)."""
     state = np.random.SeedSequence((seed, epoch)).generate_state(1, np.uint64)[0]
     generator = torch.Generator().manual_seed(int(state))
@@ -245,7 +245,7 @@ def _batches(samples: int, batch_size: int, seed: int, epoch: int) -> Iterator[T
     yield from order.split(batch_size)
 
 
-def _diverged(settings: TrainSettings, epoch: int, step: int, what: str) -> TrainingDivergedError:
+def diverged(settings: TrainSettings, epoch: int, step: int, what: str) -> TrainingDivergedError:
     return TrainingDivergedError(
         f"{settings.variant}: training diverged at epoch {epoch}, step {step} with lr {settings.lr:g}: {what}; "
         f"lower the learning rate (e.g. {settings.lr / 10:g}) or choose one with lr_range_test"
@@ -262,14 +262,17 @@ def _check_finite(features: Features, split: str, variant: str) -> None:
             )
 
 
-def _parameters(module: nn.Module) -> dict[str, Tensor]:
-    return {name: parameter.detach().cpu().clone() for name, parameter in module.named_parameters()}
+def trainable_state(module: nn.Module) -> dict[str, Tensor]:
+    """The trainable parameters by name, as CPU copies (frozen ones are fixed by the inputs)."""
+    return {name: parameter.detach().cpu().clone() for name, parameter in module.named_parameters() if parameter.requires_grad}
 
 
 @torch.no_grad()
-def _load_parameters(module: nn.Module, state: dict[str, Tensor]) -> None:
+def load_parameters(module: nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy `state` (a `trainable_state`) into the module's parameters of the same names."""
     for name, parameter in module.named_parameters():
-        parameter.copy_(state[name])
+        if name in state:
+            parameter.copy_(state[name])
 
 
 def _digest(
@@ -280,10 +283,7 @@ def _digest(
     (shapes, labels, float64 sums and position-weighted sums of every tensor, 10 digits)."""
     hasher = hashlib.sha256(json.dumps({**asdict(settings), "epochs": None}, sort_keys=True).encode())
     hasher.update(f"{type(module).__name__} {classifier.logits} {classifier.scale!r}".encode())
-    tensors = [*module.state_dict().items(), ("classifier", classifier.weights)]
-    for name, tensor in tensors:
-        hasher.update(name.encode())
-        hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    hash_tensors(hasher, [*module.state_dict().items(), ("classifier", classifier.weights)])
     for features in splits:
         hasher.update(features.labels.cpu().numpy().astype(np.int64).tobytes())
         for tensor in (features.coords, features.rest, features.embedding):
@@ -293,18 +293,26 @@ def _digest(
     return hasher.hexdigest()
 
 
-def _save_checkpoint(
+def hash_tensors(hasher: Any, tensors: list[tuple[str, Tensor]]) -> None:
+    """Feed each tensor's name and bytes to `hasher` (a hashlib object)."""
+    for name, tensor in tensors:
+        hasher.update(name.encode())
+        hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+
+
+def save_checkpoint(
     path: Path,
     digest: str,
     module: nn.Module,
     optimizer: AdamWScheduleFree,
     best_state: dict[str, Tensor],
-    progress: _Progress,
+    progress: Progress,
+    format: str = FORMAT,
 ) -> None:
-    """Parameters, optimizer state and best parameters as safetensors; everything else as JSON in
-    its header. Called in eval mode, as schedule-free requires for saving."""
+    """Trainable parameters, optimizer state and best parameters as safetensors; everything else
+    as JSON in its header. Called in eval mode, as schedule-free requires for saving."""
     state = optimizer.state_dict()
-    tensors = {f"module/{name}": value for name, value in _parameters(module).items()}
+    tensors = {f"module/{name}": value for name, value in trainable_state(module).items()}
     tensors.update({f"best/{name}": value for name, value in best_state.items()})
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in state["state"].items():
@@ -314,7 +322,7 @@ def _save_checkpoint(
             else:
                 scalars.setdefault(str(index), {})[key] = value
     header = {
-        "format": FORMAT,
+        "format": format,
         "digest": digest,
         "progress": asdict(progress),
         "param_groups": state["param_groups"],
@@ -323,18 +331,18 @@ def _save_checkpoint(
     save_tensors(path, tensors, header)
 
 
-def _load_checkpoint(
-    path: Path, digest: str, module: nn.Module, optimizer: AdamWScheduleFree
-) -> tuple[_Progress, dict[str, Tensor]] | None:
-    """Restore module and optimizer from a matching checkpoint; None (with a warning) if it is
-    unreadable or of other settings or inputs, and then nothing is changed."""
+def load_checkpoint(
+    path: Path, digest: str, module: nn.Module, optimizer: AdamWScheduleFree, format: str = FORMAT, rule: str = "train"
+) -> tuple[Progress, dict[str, Tensor]] | None:
+    """Restore module and optimizer from a matching checkpoint of `format`; None (with a warning)
+    if it is unreadable or of other settings or inputs, and then nothing is changed."""
     try:
-        with open_tensors(path, "training checkpoint", "train") as (handle, header):
+        with open_tensors(path, "training checkpoint", rule) as (handle, header):
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except TensorFileError as error:
         log.warning("ignoring checkpoint %s: %s; training from scratch", path, error)
         return None
-    if header.get("format") != FORMAT or header.get("digest") != digest:
+    if header.get("format") != format or header.get("digest") != digest:
         log.warning(
             "ignoring checkpoint %s: it was written with other settings or inputs (digest %s, this run %s); "
             "training from scratch and replacing it",
@@ -351,8 +359,8 @@ def _load_checkpoint(
     for index, entry in header["optimizer_scalars"].items():
         state.setdefault(int(index), {}).update(entry)
     optimizer.load_state_dict({"state": state, "param_groups": header["param_groups"]})
-    _load_parameters(module, _prefixed(tensors, "module/"))
-    return _Progress(**header["progress"]), _prefixed(tensors, "best/")
+    load_parameters(module, _prefixed(tensors, "module/"))
+    return Progress(**header["progress"]), _prefixed(tensors, "best/")
 
 
 def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -5,7 +5,7 @@
 Each variant is a feature plan (`residual.alignment.features`: which units, which components, what happens
 to the others) plus a small module mapping a batch of `Features` to the image representation
 [b, d], which a fixed `residual.alignment.classifier.ZeroShotClassifier` turns into logits. `finetune` (the whole vision tower)
-needs the images, not stored units, and is not built here.
+needs the images, not stored units: it lives in `residual.alignment.finetune`.
 
 Facts from the authors' code (Flegyas/ResiDual, `src/residual/nn/adapter.py`, `conf/train/*.gin`):
 - residual_fine: heads only, the first k(0.90) components of each head (EVRPruning 0.9), the

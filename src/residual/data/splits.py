@@ -75,12 +75,12 @@ def split_table(source: Source, rule: Mapping[str, Any], seed: int, dataset: str
     elif kind == "holdout":
         if "train" not in parts or "test" not in parts:
             raise DatasetError(f"dataset {dataset!r}: rule 'holdout' needs official 'train' and 'test' parts, got {parts}")
-        train = _subset(pool.filter(pl.col("part") == "train"), rule.get("subset"), seed, dataset)
+        train = stratified_subset(pool.filter(pl.col("part") == "train"), rule.get("subset"), seed, dataset)
         train, val = _stratified(train, float(rule["val"]), seed, dataset)
         test = pool.filter(pl.col("part") == "test")
         assigned = _label(train=train, val=val, test=test)
     elif kind == "resplit":
-        pool = _subset(pool, rule.get("subset"), seed, dataset)
+        pool = stratified_subset(pool, rule.get("subset"), seed, dataset)
         # As the authors: hold out val + test together, then halve the held-out part by its own
         # fraction. Shares of the remainder (val / (1 - test)) would round 80/10/10 to 7999/1001/1000.
         val_fraction, test_fraction = float(rule["val"]), float(rule["test"])
@@ -132,7 +132,9 @@ def _stratified(frame: pl.DataFrame, fraction: float, seed: int, dataset: str) -
     return frame[np.sort(keep)], frame[np.sort(held)]
 
 
-def _subset(frame: pl.DataFrame, size: int | None, seed: int, dataset: str) -> pl.DataFrame:
+def stratified_subset(frame: pl.DataFrame, size: int | None, seed: int, dataset: str) -> pl.DataFrame:
+    """`size` rows of `frame` drawn with `seed`, stratified by label, in their original order
+    (all of them when `size` is None or not smaller)."""
     if size is None or size >= frame.height:
         return frame
     keep, _ = _split(frame, dataset, train_size=int(size), random_state=seed, stratify=_stratify_on(frame))

@@ -50,6 +50,7 @@ class LoadedModel:
 
     - module: the library's model (eval mode, float32, on `device`)
     - preprocess: the model's own image transform (PIL image -> [3, H, W] tensor)
+    - preprocess_train: its train-time transform (random crops, flips, ...), for fine-tuning
     - tower: where its residual stream lives (see `Tower`)
     - input_size: (H, W) the transform produces
     """
@@ -58,6 +59,7 @@ class LoadedModel:
     spec: dict[str, Any]
     module: nn.Module
     preprocess: Callable[[Any], Tensor]
+    preprocess_train: Callable[[Any], Tensor]
     tower: Tower
     input_size: tuple[int, int]
     device: torch.device
@@ -126,6 +128,7 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
         spec=spec,
         module=module,
         preprocess=preprocess,
+        preprocess_train=adapter.train_transform(module, preprocess),
         tower=tower,
         input_size=input_size,
         device=target,

@@ -176,3 +176,8 @@ def _convert_to_rgb(image: Image.Image) -> Image.Image:
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def train_transform(model: nn.Module, preprocess: Any) -> Any:
+    """BLIP's processor has no train-time augmentation: fine-tuning sees the eval transform."""
+    return preprocess

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import open_clip
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
@@ -72,3 +73,8 @@ def encode_text(model: LoadedModel, tokenizer: Callable, texts: list[str]) -> Te
     """[n] texts -> `encode_text` [n, d_out]; tokenised at the model's own context length."""
     tokens = tokenizer(texts, context_length=model.module.context_length)
     return model.module.encode_text(tokens.to(model.device))
+
+
+def train_transform(model: nn.Module, preprocess: Any) -> Any:
+    """The train transform `create_model_and_transforms` builds beside the eval one (same config)."""
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)

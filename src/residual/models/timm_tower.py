@@ -27,9 +27,7 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
         load_checkpoint(model, Path(pretrained))
     else:
         model = timm.create_model(f"{arch.split('.')[0]}.{pretrained}", pretrained=True, **kwargs)
-    config = timm.data.resolve_model_data_config(model)
-    # The pretrained config's size goes stale when `kwargs` resize the model (img_size=...).
-    config["input_size"] = (3, *model.patch_embed.img_size)
+    config = _data_config(model)
     preprocess = timm.data.create_transform(**config, is_training=False)
     _, height, width = config["input_size"]
     return model, preprocess, (height, width), {}
@@ -84,3 +82,15 @@ def tower(model: nn.Module) -> Tower:
 
 def _norm_or_none(module: nn.Module) -> nn.Module | None:
     return None if isinstance(module, nn.Identity) else module
+
+
+def train_transform(model: nn.Module, preprocess: Any) -> Any:
+    """timm's train transform for the model's data config (random resized crop, flip, colour jitter)."""
+    return timm.data.create_transform(**_data_config(model), is_training=True)
+
+
+def _data_config(model: nn.Module) -> dict[str, Any]:
+    config = timm.data.resolve_model_data_config(model)
+    # The pretrained config's size goes stale when `kwargs` resize the model (img_size=...).
+    config["input_size"] = (3, *model.patch_embed.img_size)
+    return config

@@ -54,8 +54,9 @@ def with_keys(table: pl.DataFrame, **keys: str) -> pl.DataFrame:
 
 
 def concat_tables(paths: Sequence[str | Path], run_name: str) -> pl.DataFrame:
-    """Per-job Parquet tables of one kind, stacked, with the run's name in front."""
-    return with_keys(pl.concat([pl.read_parquet(path) for path in paths], how="vertical_relaxed"), run=run_name)
+    """Per-job Parquet tables of one kind, stacked (a column some jobs lack is null there), with the
+    run's name in front."""
+    return with_keys(pl.concat([pl.read_parquet(path) for path in paths], how="diagonal_relaxed"), run=run_name)
 
 
 def layer_summary(table: pl.DataFrame, values: Sequence[str]) -> pl.DataFrame:
@@ -92,10 +93,11 @@ def write_table(
     title: str = "",
     demo: bool = False,
     markdown: pl.DataFrame | None = None,
+    group: str | None = None,
 ) -> None:
     """Write `table` to each output by its suffix (.parquet, .csv, .md, .tex), atomically. The
     Markdown and LaTeX files show `markdown` instead when given (a summary of a table too long to
-    read)."""
+    read); `group` names a column whose runs of equal values the LaTeX sets apart (see `to_latex`)."""
     for output in outputs:
         suffix = Path(output).suffix
         with atomic_path(output) as tmp:
@@ -106,7 +108,7 @@ def write_table(
             elif suffix == ".md":
                 tmp.write_text(to_markdown(table if markdown is None else markdown, title, demo))
             elif suffix == ".tex":
-                tmp.write_text(to_latex(table if markdown is None else markdown, title, demo))
+                tmp.write_text(to_latex(table if markdown is None else markdown, title, demo, group))
             else:
                 raise ValueError(f"no writer for table format {suffix!r} ({output})")
 
@@ -133,10 +135,11 @@ def latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIALS.get(char, char) for char in " ".join(text.splitlines()))
 
 
-def to_latex(table: pl.DataFrame, caption: str, demo: bool) -> str:
+def to_latex(table: pl.DataFrame, caption: str, demo: bool, group: str | None = None) -> str:
     """A standalone booktabs table (it compiles on its own with pdflatex): numbers right-aligned
     with 3 significant digits, text left-aligned, nulls as '--', the caption (and the demo note)
-    below the rule."""
+    below the rule. With `group`, rows come in blocks of equal values of that column, as in a
+    paper's table: the value is printed on a block's first row only, and a midrule parts blocks."""
     numeric = [dtype.is_numeric() for dtype in table.dtypes]
     align = "".join("r" if is_number else "l" for is_number in numeric)
 
@@ -148,7 +151,17 @@ def to_latex(table: pl.DataFrame, caption: str, demo: bool) -> str:
         return latex_escape(str(value))
 
     header = " & ".join(latex_escape(name) for name in table.columns) + r" \\"
-    rows = [" & ".join(cell(value, is_number) for value, is_number in zip(row, numeric)) + r" \\" for row in table.rows()]
+    rows, previous = [], None
+    position = None if group is None else table.columns.index(group)
+    for row in table.rows():
+        cells = [cell(value, is_number) for value, is_number in zip(row, numeric)]
+        if position is not None:
+            if rows and row[position] != previous:
+                rows.append(r"\midrule")
+            if row[position] == previous:
+                cells[position] = ""
+            previous = row[position]
+        rows.append(" & ".join(cells) + r" \\")
     note = f" {DEMO_NOTE}" if demo else ""
     return "\n".join(
         [

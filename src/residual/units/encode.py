@@ -46,10 +46,12 @@ class EncodeResult:
 
 
 class SplitImages(Dataset):
-    """The rows of a split table as (input tensor [3, H, W], label, sample_id)."""
+    """The rows of a split table as (input tensor [3, H, W], label, sample_id), through the model's
+    eval transform, or its train-time one (`train`, for fine-tuning)."""
 
-    def __init__(self, source: Source, rows: pl.DataFrame, model: LoadedModel) -> None:
-        self.source, self.preprocess, self.size = source, model.preprocess, model.input_size
+    def __init__(self, source: Source, rows: pl.DataFrame, model: LoadedModel, train: bool = False) -> None:
+        self.source, self.size = source, model.input_size
+        self.preprocess = model.preprocess_train if train else model.preprocess
         self.parts = rows["part"].to_list()
         self.indices = rows["index"].to_list()
         self.labels = rows["label"].to_list()

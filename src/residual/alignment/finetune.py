@@ -1,0 +1,324 @@
+"""The fine-tuning baseline (METHOD section 9): the whole vision tower trained end to end on the
+images, through the same fixed classifier as the ResiDual variants.
+
+Cross-entropy; Schedule-Free AdamW (betas 0.9/0.999, no weight decay, no warmup) at lr 1e-5 with
+gradient clipping at norm 1.0; batch 128; at most 30 epochs, early stopping on val accuracy with
+patience 5; the best epoch is tested. Train images go through the model's own train-time transform
+(`LoadedModel.preprocess_train`), val and test through its eval transform. The tower is every
+parameter the model's embedding depends on (`tower_parameters`): open_clip's `visual`, a timm ViT
+without its unused classifier head, BLIP's vision model and `vision_proj`; the rest stays frozen.
+
+The loop's pieces are the feature-training loop's (`residual.alignment.training`): optimizer,
+train/eval mode switching, the (seed, epoch) batch order, the checkpoint (trainable parameters,
+optimizer state and best parameters, written atomically after every epoch, resumed only when its
+digest matches) and the divergence error. Each train image's augmentation is drawn from a generator
+seeded with (seed, epoch, row), so the images do not depend on the order, the DataLoader workers
+or an interruption: on the CPU a resumed run equals an uninterrupted one bit for bit. On CUDA the
+forward runs under bf16 autocast where the device supports it (`bf16`, float rounding only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from residual.alignment.classifier import Logits, ZeroShotClassifier, load_classifier
+from residual.alignment.training import (
+    Progress,
+    TrainResult,
+    TrainSettings,
+    diverged,
+    epoch_batches,
+    hash_tensors,
+    load_checkpoint,
+    load_parameters,
+    make_optimizer,
+    save_checkpoint,
+    set_mode,
+    trainable_state,
+)
+from residual.config.params import canonical
+from residual.data.sequences import Source
+from residual.data.splits import read_split, stratified_subset
+from residual.models import LoadedModel
+from residual.units.encode import SplitImages
+
+log = logging.getLogger(__name__)
+
+FINETUNE = "finetune"
+LABEL = "fine-tune"
+FORMAT = "residual-finetune/1"
+VERSION = "finetune/1"  # bump when a change to this module changes the results it writes
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """The settings a fine-tuning result depends on (see the schema's `finetune` keys); `logits`
+    is `training.logits` (the classifier's convention is shared with the variants), `seed` the
+    run's. max_train_images: a stratified subset of the train split (None: all of it)."""
+
+    logits: Logits = "raw"
+    lr: float = 1e-5
+    clip_norm: float = 1.0
+    batch_size: int = 128
+    epochs: int = 30
+    patience: int = 5
+    max_train_images: int | None = None
+    seed: int = 42
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> FinetuneOptions:
+        """The options in a validated config."""
+        finetune = config["finetune"]
+        return cls(
+            logits=config["training"]["logits"],
+            lr=finetune["lr"],
+            clip_norm=finetune["clip_norm"],
+            batch_size=finetune["batch_size"],
+            epochs=finetune["epochs"],
+            patience=finetune["patience"],
+            max_train_images=finetune["max_train_images"],
+            seed=config["seed"],
+        )
+
+    def params(self) -> dict[str, Any]:
+        """As a rule's params (plain, canonical), the inverse of `FinetuneOptions(**params)`."""
+        return canonical(asdict(self))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class FinetuneRuntime:
+    """How a run executes, which changes float rounding only (not rule params): bf16 autocast on
+    CUDA devices that support it; images per evaluation forward; DataLoader worker processes."""
+
+    bf16: bool = True
+    eval_batch_size: int = 256
+    workers: int = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> FinetuneRuntime:
+        finetune = config["finetune"]
+        return cls(finetune["bf16"], finetune["eval_batch_size"], finetune["workers"])
+
+
+@dataclass(frozen=True)
+class FinetuneData:
+    """A task dataset's images: train (train-time transform), val and test (eval transform); `key`
+    names where they come from (dataset and source settings) for the checkpoint's digest."""
+
+    train: SplitImages
+    val: SplitImages
+    test: SplitImages
+    key: Mapping[str, Any]
+
+    @classmethod
+    def from_split(
+        cls, model: LoadedModel, source: Source, split_path: str | Path, max_train_images: int | None, seed: int, key: Mapping[str, Any]
+    ) -> FinetuneData:
+        """The split table's rows as images; the train rows cut to a stratified, seeded subset of
+        `max_train_images` (the demo's image budget)."""
+        dataset = str(key.get("dataset", split_path))
+        train_rows = stratified_subset(read_split(split_path, "train"), max_train_images, seed, dataset)
+        return cls(
+            train=SplitImages(source, train_rows, model, train=True),
+            val=SplitImages(source, read_split(split_path, "val"), model),
+            test=SplitImages(source, read_split(split_path, "test"), model),
+            key=dict(key),
+        )
+
+
+def tower_parameters(model: LoadedModel) -> list[str]:
+    """Names of the parameters the model's embedding depends on (one probe forward and backward
+    through `tower.encode`): the vision tower, whatever the library calls it."""
+    named = list(model.module.named_parameters())
+    probe = torch.zeros(1, 3, *model.input_size, device=model.device)
+    with torch.enable_grad():
+        for _, parameter in named:
+            parameter.requires_grad_(True)
+        grads = torch.autograd.grad(model.tower.encode(probe).sum(), [parameter for _, parameter in named], allow_unused=True)
+    return [name for (name, _), grad in zip(named, grads) if grad is not None]
+
+
+def finetune(
+    model: LoadedModel,
+    data: FinetuneData,
+    classifier: ZeroShotClassifier,
+    options: FinetuneOptions,
+    runtime: FinetuneRuntime = FinetuneRuntime(),
+    checkpoint: Path | None = None,
+) -> TrainResult:
+    """Fine-tune a freshly loaded model's tower (classifier on the model's device) and test its best
+    epoch; every parameter outside the tower is frozen. checkpoint: resumed when it exists and
+    matches, rewritten after every epoch. best_state holds the tower's parameters by name."""
+    for split, images in (("train", data.train), ("val", data.val), ("test", data.test)):
+        if not len(images):
+            raise ValueError(f"{FINETUNE}: the {split} split has no images")
+    if options.epochs < 1:
+        raise ValueError(f"{FINETUNE}: epochs must be at least 1, got {options.epochs}")
+    module, device = model.module, model.device
+    classifier.eval()
+    tower = set(tower_parameters(model))
+    for name, parameter in module.named_parameters():
+        parameter.requires_grad_(name in tower)
+    parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    settings = TrainSettings(
+        FINETUNE, options.lr, options.seed, options.epochs, options.patience, options.batch_size, runtime.eval_batch_size
+    )
+    digest = _digest(model, classifier, options, data)
+    optimizer = make_optimizer(parameters, options.lr)
+    progress, best_state = Progress(), trainable_state(module)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        restored = load_checkpoint(Path(checkpoint), digest, module, optimizer, FORMAT, FINETUNE)
+        if restored is not None:
+            progress, best_state = restored
+            log.info("%s: resumed from %s after epoch %d", FINETUNE, checkpoint, progress.epochs_done)
+    augmented = _Augmented(data.train, options.seed)
+    while progress.epochs_done < options.epochs and progress.bad_epochs < options.patience:
+        epoch = progress.epochs_done + 1
+        set_mode(module, optimizer, training=True)
+        augmented.epoch = epoch
+        batches = [index.tolist() for index in epoch_batches(len(augmented), options.batch_size, options.seed, epoch)]
+        total, seen = 0.0, 0
+        for step, (images, labels, _) in enumerate(DataLoader(augmented, batch_sampler=batches, num_workers=runtime.workers), 1):
+            labels = labels.to(device)
+            with _autocast(device, runtime.bf16):
+                embedding = model.tower.encode(images.to(device))
+            loss = F.cross_entropy(classifier(embedding.float()), labels)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise diverged(settings, epoch, step, f"the loss is {value}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = float(torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm))
+            if not math.isfinite(norm):
+                raise diverged(settings, epoch, step, f"the gradient norm is {norm}")
+            optimizer.step()
+            total, seen = total + value * len(labels), seen + len(labels)
+        set_mode(module, optimizer, training=False)
+        val = image_accuracy(model, classifier, data.val, runtime)
+        progress.history.append({"epoch": epoch, "train_loss": total / seen, "val_accuracy": val})
+        progress.epochs_done = epoch
+        if val > progress.best_val:
+            progress.best_val, progress.best_epoch, progress.bad_epochs = val, epoch, 0
+            best_state = trainable_state(module)
+        else:
+            progress.bad_epochs += 1
+        log.info("%s epoch %d: train loss %.4f, val accuracy %.4f", FINETUNE, epoch, total / seen, val)
+        if checkpoint is not None:
+            save_checkpoint(Path(checkpoint), digest, module, optimizer, best_state, progress, FORMAT)
+    set_mode(module, optimizer, training=False)
+    load_parameters(module, best_state)
+    return TrainResult(
+        val_accuracy=progress.best_val,
+        test_accuracy=image_accuracy(model, classifier, data.test, runtime),
+        best_epoch=progress.best_epoch,
+        epochs_run=progress.epochs_done,
+        trainable_parameters=sum(parameter.numel() for parameter in parameters),
+        history=progress.history,
+        best_state=best_state,
+    )
+
+
+@torch.no_grad()
+def image_accuracy(model: LoadedModel, classifier: ZeroShotClassifier, images: SplitImages, runtime: FinetuneRuntime) -> float:
+    """Fraction of images whose largest logit is their label (model in its current mode)."""
+    correct = 0
+    for batch, labels, _ in DataLoader(images, batch_size=runtime.eval_batch_size, num_workers=runtime.workers):
+        with _autocast(model.device, runtime.bf16):
+            embedding = model.tower.encode(batch.to(model.device))
+        correct += int((classifier(embedding.float()).argmax(dim=-1) == labels.to(model.device)).sum())
+    return correct / len(images)
+
+
+def run_finetune(
+    model: LoadedModel,
+    data: FinetuneData,
+    classifier_path: str | Path,
+    options: FinetuneOptions,
+    runtime: FinetuneRuntime = FinetuneRuntime(),
+    checkpoint: str | Path | None = None,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Fine-tune and test; the table row (the columns of a variant's row, plus `train_images`) and
+    the best tower's parameters (CPU tensors, by their names in the library's model)."""
+    classifier, header = load_classifier(classifier_path, options.logits)
+    result = finetune(model, data, classifier.to(model.device), options, runtime, Path(checkpoint) if checkpoint else None)
+    row = {
+        "variant": FINETUNE,
+        "label": LABEL,
+        "classifier": header["source"],
+        "logits": options.logits,
+        "lambda_init": None,
+        "lr": options.lr,
+        "trainable_parameters": result.trainable_parameters,
+        "val_accuracy": result.val_accuracy,
+        "test_accuracy": result.test_accuracy,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "energy_outside_basis": None,
+        "train_images": len(data.train),
+    }
+    return row, result.best_state
+
+
+class _Augmented(Dataset):
+    """The train images with each augmentation drawn from (seed, epoch, row); set `epoch` before
+    each epoch's DataLoader is made (workers copy the dataset then)."""
+
+    def __init__(self, images: SplitImages, seed: int) -> None:
+        self.images, self.seed, self.epoch = images, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, row: int) -> tuple[Tensor, int, int]:
+        with _seeded(self.seed, self.epoch, row):
+            return self.images[row]
+
+
+@contextmanager
+def _seeded(*key: int) -> Iterator[None]:
+    """torch's and Python's global generators (torchvision and timm transforms draw from them)
+    seeded from `key`, and restored afterwards."""
+    seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
+
+
+def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    enabled = bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _digest(model: LoadedModel, classifier: ZeroShotClassifier, options: FinetuneOptions, data: FinetuneData) -> str:
+    """Hash of everything a run depends on except `epochs` (a run may be extended): the options,
+    the data's source and rows (sample ids and labels of each split), the model's initial state and
+    the classifier. Images are named by their source and rows, not hashed."""
+    hasher = hashlib.sha256(json.dumps({**asdict(options), "epochs": None}, sort_keys=True).encode())
+    hasher.update(json.dumps(data.key, sort_keys=True, default=str).encode())
+    hasher.update(f"{model.spec!r} {classifier.logits} {classifier.scale!r}".encode())
+    for images in (data.train, data.val, data.test):
+        hasher.update(np.asarray(images.sample_ids, dtype=np.int64).tobytes())
+        hasher.update(np.asarray(images.labels, dtype=np.int64).tobytes())
+    hash_tensors(hasher, [*model.module.state_dict().items(), ("classifier", classifier.weights)])
+    return hasher.hexdigest()
+
