@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
+from conftest import TINY_OPEN_CLIP, perturb
+from test_adapters import HEAD_RANK, HEADS, WIDTH, reference_of, toy_units
 
 from residual import load_model
+from residual.alignment.run import TrainingOptions
+from residual.alignment.variants import Conventions, build_variant, trainable_parameters
+from residual.spectral.pca import OUTPUT, UnitPCA
 from residual.units.decompose import trace
 from residual.units.layout import is_head
+from residual.units.store import StoredUnits
 from residual.units.unit_map import UnitMap, constant_shares
-from tests.conftest import TINY_OPEN_CLIP, perturb
 
 
 def test_both_ln_constant_splits_sum_to_the_embedding(images) -> None:
@@ -44,3 +52,60 @@ def test_ln_constants_are_saved_with_the_map(tmp_path) -> None:
     assert loaded.ln_constants == "per_layer"
     torch.testing.assert_close(loaded.shares, per_layer.shares)
     assert per_layer.digest() != UnitMap.from_tower(model.tower, "per_unit").digest()
+
+
+def _published_reference() -> tuple[StoredUnits, UnitPCA]:
+    units = toy_units(200, seed=0)
+    reference = reference_of(units)
+    return units, replace(reference, metadata={**reference.metadata, "head_dim": 3})
+
+
+def test_published_residual_full_is_the_transposed_formula() -> None:
+    units, reference = _published_reference()
+    plan, module = build_variant("residual_full", reference, "randn", 3, conventions=Conventions(published_code=True))
+    value = dict(zip(units.names, units.values.unbind(dim=1)))
+    # The authors' formula on square padded bases: sum_u (x_u - mu_u) B_u^T diag(lambda_u) B_u^T.
+    expected = value["emb"].clone()  # ablation 'sum': the only unit not adapted is added raw
+    for name, scale in zip(plan.adapted, module.lambdas.split([len(c) for c in plan.components])):
+        unit = reference.index(name)
+        kept = reference.components[unit]
+        basis, padded = torch.zeros(WIDTH, WIDTH), torch.zeros(WIDTH)
+        basis[: len(kept)], padded[: len(kept)] = kept, scale
+        expected = expected + (value[name] - reference.means[unit]) @ basis.T @ torch.diag(padded) @ basis.T
+    features = plan.features(units, "cpu")
+    # Same float32 products summed in another order.
+    torch.testing.assert_close(module(features), expected, rtol=1e-5, atol=1e-4)
+    paper = build_variant("residual_full", reference, "randn", 3)[1]
+    assert float((paper(features).detach() - expected).norm() / expected.norm()) > 0.1  # the two conventions differ
+
+
+def test_published_spectral_adapter_scales_standard_coordinates() -> None:
+    units, reference = _published_reference()
+    plan, module = build_variant("spectral_adapter", reference, "randn", 5, conventions=Conventions(published_code=True))
+    expected = (units.embedding - reference.means[reference.index(OUTPUT)]) * module.lambdas
+    torch.testing.assert_close(module(plan.features(units, "cpu")), expected, rtol=1e-5, atol=1e-5)
+    assert trainable_parameters(module) == WIDTH
+
+
+def test_head_rank_d_head_keeps_the_first_d_head_components() -> None:
+    units, reference = _published_reference()
+    plan, _ = build_variant("residual_full", reference, "ones", 0, conventions=Conventions(head_rank="d_head"))
+    widths = dict(zip(plan.adapted, (len(c) for c in plan.components)))
+    assert all(widths[name] == 3 for name in HEADS)  # the toy heads span HEAD_RANK = 5 directions
+    assert all(widths[name] == len(reference.components[reference.index(name)]) for name in ("mlp_0", "mlp_1"))
+    nonzero, _ = build_variant("residual_full", reference, "ones", 0)
+    assert all(len(c) == HEAD_RANK for name, c in zip(nonzero.adapted, nonzero.components) if name in HEADS)
+    for name, components in zip(plan.adapted, plan.components):
+        torch.testing.assert_close(components, reference.components[reference.index(name)][: len(components)])
+    with pytest.raises(ValueError, match="head_dim"):
+        build_variant("residual_full", reference_of(units), "ones", 0, conventions=Conventions(head_rank="d_head"))
+
+
+def test_conventions_are_params_of_the_variants_they_change() -> None:
+    config = {"seed": 1, "training": {"logits": "raw", "lambda_init": "ones", "lr_residual": 0.8, "lr_adapter": 0.001,
+              "lr_range_test": False, "batch_size": 8, "epochs": 2, "patience": 1, "published_code": True, "head_rank": "d_head"}}
+    full = TrainingOptions.for_variant(config, "residual_full")
+    assert full.conventions == Conventions(True, "d_head")
+    assert TrainingOptions(**full.params()) == full
+    assert TrainingOptions.for_variant(config, "spectral_adapter").params()["head_rank"] is None
+    assert TrainingOptions.for_variant(config, "residual_fine").conventions == Conventions()
