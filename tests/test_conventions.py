@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import polars as pl
 import pytest
 import torch
 from conftest import TINY_OPEN_CLIP, perturb
@@ -12,10 +13,11 @@ from test_adapters import HEAD_RANK, HEADS, WIDTH, reference_of, toy_units
 from residual import load_model
 from residual.alignment.run import TrainingOptions
 from residual.alignment.variants import Conventions, build_variant, trainable_parameters
-from residual.spectral.pca import OUTPUT, UnitPCA
+from residual.spectral.pca import OUTPUT, UnitPCA, fit_unit_file
+from residual.spectral.tables import intrinsic_dimension_table, sample_positions
 from residual.units.decompose import trace
 from residual.units.layout import is_head
-from residual.units.store import StoredUnits
+from residual.units.store import StoredUnits, read_units
 from residual.units.unit_map import UnitMap, constant_shares
 
 
@@ -76,7 +78,7 @@ def test_published_residual_full_is_the_transposed_formula() -> None:
     # Same float32 products summed in another order.
     torch.testing.assert_close(module(features), expected, rtol=1e-5, atol=1e-4)
     paper = build_variant("residual_full", reference, "randn", 3)[1]
-    assert float((paper(features).detach() - expected).norm() / expected.norm()) > 0.1  # the two conventions differ
+    assert float(((paper(features) - expected).norm() / expected.norm()).detach()) > 0.1  # the two conventions differ
 
 
 def test_published_spectral_adapter_scales_standard_coordinates() -> None:
@@ -109,3 +111,20 @@ def test_conventions_are_params_of_the_variants_they_change() -> None:
     assert TrainingOptions(**full.params()) == full
     assert TrainingOptions.for_variant(config, "spectral_adapter").params()["head_rank"] is None
     assert TrainingOptions.for_variant(config, "residual_fine").conventions == Conventions()
+
+
+def test_linear_id_on_the_id_sample(digit_units) -> None:
+    pca = fit_unit_file(digit_units["train"], units=["mlp_1", "head_1_0"])
+    sampled = intrinsic_dimension_table(digit_units["train"], pca, samples=40, seed=3, linear_id_on="id_sample")
+    split = intrinsic_dimension_table(digit_units["train"], pca, samples=40, seed=3)
+    stored = read_units(digit_units["train"], units=["mlp_1", "head_1_0"])
+    rows = sample_positions(len(stored.labels), 40, 3)
+    for name, values in zip(["mlp_1", "head_1_0", OUTPUT], [*stored.values[rows].unbind(dim=1), stored.embedding[rows]]):
+        # Direct formula: k(0.99) of the SVD of the sampled rows, centred, in float64.
+        singular = torch.linalg.svdvals(values.double() - values.double().mean(dim=0))
+        ratio = (singular.square().cumsum(0) / singular.square().sum()).tolist()
+        expected = next(index for index, value in enumerate(ratio) if value > 0.99) + 1
+        assert sampled.filter(pl.col("unit") == name)["linear_id"].item() == expected, name
+    assert set(sampled["linear_id_on"]) == {"id_sample"} and set(split["linear_id_on"]) == {"split"}
+    assert sampled["twonn_id"].to_list() == split["twonn_id"].to_list()  # TwoNN does not depend on it
+    assert sampled["ln_constants"].to_list() == ["per_unit"] * 3
