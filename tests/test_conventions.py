@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -13,6 +14,7 @@ from test_adapters import HEAD_RANK, HEADS, WIDTH, reference_of, toy_units
 from residual import load_model
 from residual.alignment.run import TrainingOptions
 from residual.alignment.variants import Conventions, build_variant, trainable_parameters
+from residual.report.compare import compare_runs, summarise
 from residual.spectral.pca import OUTPUT, UnitPCA, fit_unit_file
 from residual.spectral.tables import intrinsic_dimension_table, sample_positions
 from residual.units.decompose import trace
@@ -128,3 +130,32 @@ def test_linear_id_on_the_id_sample(digit_units) -> None:
     assert set(sampled["linear_id_on"]) == {"id_sample"} and set(split["linear_id_on"]) == {"split"}
     assert sampled["twonn_id"].to_list() == split["twonn_id"].to_list()  # TwoNN does not depend on it
     assert sampled["ln_constants"].to_list() == ["per_unit"] * 3
+
+
+def _run_folder(root: Path, accuracy: float, linear: list[int], ln_constants: str) -> Path:
+    tables = root / "results" / "tables"
+    tables.mkdir(parents=True)
+    pl.DataFrame(
+        {"model": ["m", "m"], "dataset": ["d", "d"], "variant": ["base", "residual_full"], "ln_constants": [ln_constants] * 2,
+         "val_accuracy": [0.5, accuracy], "test_accuracy": [0.4, accuracy], "trainable_parameters": [0, 10]}
+    ).write_parquet(tables / "training.parquet")  # fmt: skip
+    pl.DataFrame(
+        {"model": ["m"] * 3, "dataset": ["d"] * 3, "unit": ["emb", "head_0_0", "head_0_1"], "kind": ["emb", "head", "head"],
+         "layer": [None, 0, 0], "ln_constants": [ln_constants] * 3, "linear_id": linear, "twonn_id": [1.0, 2.0, 3.0],
+         "first_evr": [0.5, 0.5, 0.5]}
+    ).write_parquet(tables / "intrinsic_dimension.parquet")  # fmt: skip
+    return root
+
+
+def test_compare_runs_tabulates_each_result(tmp_path) -> None:
+    first = _run_folder(tmp_path / "a", 0.6, [1, 2, 4], "per_unit")
+    second = _run_folder(tmp_path / "b", 0.7, [1, 4, 6], "per_layer")
+    differences = compare_runs(first, second)
+    test = differences.filter((pl.col("metric") == "test_accuracy") & (pl.col("result") == "residual_full"))
+    assert test["difference"].item() == pytest.approx(0.1)
+    heads = differences.filter((pl.col("metric") == "linear_id") & (pl.col("result") == "head 0"))
+    assert (heads["first"].item(), heads["second"].item()) == (3.0, 5.0)  # heads averaged per layer
+    emb = differences.filter((pl.col("metric") == "linear_id") & (pl.col("result") == "emb"))
+    assert emb["difference"].item() == 0  # a null layer joins with a null layer
+    summary = summarise(differences).filter(pl.col("metric") == "linear_id")
+    assert (summary["results"].item(), summary["changed"].item(), summary["max_abs_difference"].item()) == (2, 1, 2.0)
