@@ -30,10 +30,11 @@ from residual.units.store import read_units
 ROW_KEYS = {
     "variant", "label", "classifier", "logits", "lambda_init", "lr", "trainable_parameters",
     "val_accuracy", "test_accuracy", "best_epoch", "epochs_run", "energy_outside_basis", "val_samples", "test_samples",
+    "ln_constants", "published_code", "head_rank",
 }  # fmt: skip
 TRAINING = {
     "logits": "raw", "lambda_init": "randn", "lr_residual": 0.8, "lr_adapter": 1e-3, "lr_range_test": False,
-    "batch_size": 64, "epochs": 2, "patience": 5,
+    "batch_size": 64, "epochs": 2, "patience": 5, "published_code": False, "head_rank": "nonzero",
 }  # fmt: skip
 
 
