@@ -29,8 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from residual.report.compare import CONVENTIONS, compare_runs, summarise  # noqa: E402
-from residual.report.tables import write_table  # noqa: E402
+from residual.report.compare import CONVENTIONS, compare_runs, summarise
+from residual.report.tables import write_table
 
 # One row per difference between the paper and the authors' code (docs/conventions.md): what each
 # side computes, the convention that chooses, and which results it can move.
@@ -90,7 +90,7 @@ def run(config: dict[str, Any], folder: Path, cores: int) -> None:
     path = folder / "conventions_config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(folder)]
-    done = subprocess.run([*command, "--configfile", str(path), "--cores", str(cores), "--quiet"], capture_output=True, text=True)
+    done = subprocess.run([*command, "--configfile", str(path), "--cores", str(cores), "--quiet"], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"snakemake failed in {folder}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 

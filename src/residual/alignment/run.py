@@ -19,7 +19,13 @@ from torch import Tensor
 from residual.alignment.classifier import Logits, load_classifier
 from residual.alignment.features import spectral_features
 from residual.alignment.training import TrainSettings, lr_range_test, train
-from residual.alignment.variants import VARIANTS, Conventions, HeadRank, Init, build_variant
+from residual.alignment.variants import (
+    VARIANTS,
+    Conventions,
+    HeadRank,
+    Init,
+    build_variant,
+)
 from residual.config.params import canonical
 from residual.data.sequences import SPLITS
 from residual.io.tensors import save_tensors

@@ -40,8 +40,8 @@ Where the published code computes something other than the paper's formula, `Con
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -61,9 +61,6 @@ class Conventions:
 
     published_code: bool = False
     head_rank: HeadRank = "nonzero"
-
-    def params(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def initial_lambdas(size: int, init: Init, seed: int) -> Tensor:
