@@ -102,7 +102,7 @@ def effect(differences: pl.DataFrame, variant: str | None) -> str:
     parts = []
     for row in summarise(differences).iter_rows(named=True):
         if row["changed"]:
-            parts.append(f"{row['table']}.{row['metric']}: {row['changed']}/{row['results']} changed, max |d| {row['max_abs_difference']:.3g}")
+            parts.append(f"{row['table']}.{row['metric']}: {row['changed']}/{row['results']} changed, largest abs. difference {row['max_abs_difference']:.3g}")
     return "; ".join(parts) or "no result changed"
 
 
@@ -111,9 +111,10 @@ def docs_table(measured: dict[str, pl.DataFrame], config_name: str) -> str:
     lines = [header, "|---|---|---|---|---|---|"]
     for title, paper, published, name, variant in DIFFERENCES:
         convention = CONVENTIONS[name]
+        paper_value, published_value = (yaml.safe_dump(value).split("\n")[0] for value in (convention.paper, convention.published))
         scope = f" ({variant} rows)" if variant else ""
         lines.append(
-            f"| {title} | {paper} | {published} | `{convention.paper}` | `{convention.key}: {convention.paper} \\| {convention.published}` "
+            f"| {title} | {paper} | {published} | `{paper_value}` | `{convention.key}: {paper_value} \\| {published_value}` "
             f"| {effect(measured[name], variant)}{scope} |"
         )
     return "\n".join(lines) + "\n"
@@ -139,7 +140,13 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, help="write the Markdown table of every convention here")
     parser.add_argument("--work-dir", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument("--rerender", action="store_true", help="with --docs: rebuild the table from the tables in --out-dir, running nothing")
     args = parser.parse_args()
+
+    if args.rerender:
+        measured = {name: pl.read_parquet(args.out_dir / f"{name}.parquet") for name in CONVENTIONS}
+        replace_between_markers(args.docs, docs_table(measured, args.config.name))
+        return
 
     if args.runs:
         differences = compare_runs(*args.runs)
