@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test lint clean-results
+.PHONY: setup demo test lint compare conventions clean-results
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,14 @@ test: setup
 lint: setup
 	$(BIN)/snakemake --lint --configfile configs/demo.yaml
 	$(BIN)/snakemake --lint --configfile config.yaml
+
+# Differences per result between two completed run folders, or (conventions) the tiny config run
+# under the paper's and the published code's conventions (docs/conventions.md).
+compare: setup
+	$(BIN)/python bench/conventions.py --runs $(FIRST) $(SECOND) --out $(or $(OUT),differences.csv)
+
+conventions: setup
+	$(BIN)/python bench/conventions.py --cores $(CORES) --docs docs/conventions.md
 
 clean-results:
 	rm -rf results logs benchmarks .snakemake

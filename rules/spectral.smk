@@ -35,6 +35,7 @@ rule intrinsic_dimension:
         samples=ANALYSIS["id_samples"],
         fraction=ANALYSIS["twonn_fraction"],
         threshold=ANALYSIS["linear_id_threshold"],
+        linear_id_on=ANALYSIS["linear_id_on"],
         seed=config["seed"],
         version=ID_VERSION,
     log:

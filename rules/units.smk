@@ -8,6 +8,7 @@ rule unit_map:
         UNIT_MAP,
     params:
         model=model_spec,
+        ln_constants=ENCODE["ln_constants"],
         version=UNIT_MAP_VERSION,
     log:
         "logs/unit_map/{model}.log",

@@ -30,10 +30,11 @@ from residual.units.store import read_units
 ROW_KEYS = {
     "variant", "label", "classifier", "logits", "lambda_init", "lr", "trainable_parameters",
     "val_accuracy", "test_accuracy", "best_epoch", "epochs_run", "energy_outside_basis", "val_samples", "test_samples",
+    "ln_constants", "published_code", "head_rank",
 }  # fmt: skip
 TRAINING = {
     "logits": "raw", "lambda_init": "randn", "lr_residual": 0.8, "lr_adapter": 1e-3, "lr_range_test": False,
-    "batch_size": 64, "epochs": 2, "patience": 5,
+    "batch_size": 64, "epochs": 2, "patience": 5, "published_code": False, "head_rank": "nonzero",
 }  # fmt: skip
 
 
@@ -85,7 +86,7 @@ def test_options_take_every_training_key_and_the_run_seed() -> None:
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     changed = {
         "lambda_init": "ones", "logits": "normalized", "lr_residual": 0.5, "lr_adapter": 0.02, "lr_range_test": True,
-        "batch_size": 16, "epochs": 4, "patience": 2,
+        "batch_size": 16, "epochs": 4, "patience": 2, "published_code": True, "head_rank": "d_head",
     }  # fmt: skip
     config["training"].update(changed)
     config["seed"] = 7
@@ -100,7 +101,8 @@ def test_options_take_every_training_key_and_the_run_seed() -> None:
     tiny = load_config(REPO / "tests/configs/tiny.yaml")
     options = TrainingOptions.for_variant(tiny, "linear_adapter")
     assert options.seed == tiny["seed"] and options.lr == tiny["training"]["lr_adapter"]
-    assert all(getattr(options, name) == tiny["training"][name] for name in fields - {"seed", "lr"})
+    assert all(getattr(options, name) == tiny["training"][name] for name in fields - {"seed", "lr", "published_code", "head_rank"})
+    assert options.published_code is None and options.head_rank is None  # conventions it does not depend on
     assert options.epochs == 3
 
 

@@ -70,6 +70,8 @@ CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
     (set_key("training.logits", "normalized"), {"train": 12, **tables("training")}),
     (set_key("training.class_means", "normalized"), {"classifier": 1, "train": 6, **tables("training")}),
     (set_key("training.variants", ["base", "residual_fine"]), tables("training")),
+    (set_key("training.published_code", True), {"train": 4, **tables("training")}),  # residual_full, spectral_adapter
+    (set_key("training.head_rank", "d_head"), {"train": 2, **tables("training")}),  # residual_full
     (set_key("training.feature_batch_size", 64), NOTHING),
     (set_key("training.device", "auto"), NOTHING),
     (set_key("training.threads", 2), NOTHING),
@@ -80,12 +82,14 @@ CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
     (set_key("analysis.linear_id_threshold", 0.95), {"intrinsic_dimension": 4, **tables("intrinsic_dimension")}),
     (set_key("analysis.similarity_threshold", 0.8), {"similarity": 2, **tables("similarity")}),
     (set_key("analysis.id_datasets", ["digits"]), tables("intrinsic_dimension")),
+    (set_key("analysis.linear_id_on", "id_sample"), {"intrinsic_dimension": 4, **tables("intrinsic_dimension")}),
     (set_key("analysis.batch_size", 32), NOTHING),
     (set_key("analysis.group_size", 3), NOTHING),
     (set_key("analysis.device", "auto"), NOTHING),
     (set_key("analysis.threads", 2), NOTHING),
     # encode: the storage precision changes every unit; batching and placement change nothing stored.
     (set_key("encode.dtype", "float32"), {**ENCODE_ALL, **ALL_TABLES}),
+    (set_key("encode.ln_constants", "per_layer"), {"unit_map": 2, **ENCODE_ALL, **ALL_TABLES}),
     (set_key("encode.batch_size", 4), NOTHING),
     (set_key("encode.rows_per_group", 16), NOTHING),
     (set_key("encode.workers", 1), NOTHING),

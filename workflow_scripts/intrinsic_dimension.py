@@ -13,6 +13,7 @@ with rule_context(snakemake) as log:
         seed=params.seed,
         fraction=params.fraction,
         threshold=params.threshold,
+        linear_id_on=params.linear_id_on,
         group_size=analysis["group_size"],  # batching, device: float rounding only, not params
         batch_size=analysis["batch_size"],
         device=pick_device(analysis["device"]),

@@ -19,7 +19,13 @@ from torch import Tensor
 from residual.alignment.classifier import Logits, load_classifier
 from residual.alignment.features import spectral_features
 from residual.alignment.training import TrainSettings, lr_range_test, train
-from residual.alignment.variants import VARIANTS, Init, build_variant
+from residual.alignment.variants import (
+    VARIANTS,
+    Conventions,
+    HeadRank,
+    Init,
+    build_variant,
+)
 from residual.config.params import canonical
 from residual.data.sequences import SPLITS
 from residual.io.tensors import save_tensors
@@ -27,7 +33,7 @@ from residual.report.tables import write_table
 from residual.spectral.pca import UnitPCA
 from residual.units.store import UnitFile
 
-VERSION = "train/1"  # bump when a change to the training code changes its results
+VERSION = "train/2"  # bump when a change to the training code changes its results
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,8 @@ class TrainingOptions:
 
     lr: the variant's own learning rate (`lr_residual` or `lr_adapter`, by `Variant.lr_key`).
     A variant that trains nothing (`base`) depends on `logits` alone: its other fields are None,
-    so that changing them reruns only the variants they apply to.
+    so that changing them reruns only the variants they apply to. Likewise `published_code` and
+    `head_rank` (`Conventions`) are None for the variants they do not change.
     """
 
     logits: Logits = "raw"
@@ -47,6 +54,14 @@ class TrainingOptions:
     epochs: int | None = 30
     patience: int | None = 5
     seed: int | None = 42
+    published_code: bool | None = None
+    head_rank: HeadRank | None = None
+
+    @property
+    def conventions(self) -> Conventions:
+        """The `Conventions` to build the variant with (a None field: the paper's default, unused)."""
+        chosen = {key: value for key, value in (("published_code", self.published_code), ("head_rank", self.head_rank)) if value is not None}
+        return Conventions(**chosen)
 
     @classmethod
     def for_variant(cls, config: Mapping[str, Any], variant: str) -> TrainingOptions:
@@ -54,7 +69,9 @@ class TrainingOptions:
         training, lr_key = config["training"], VARIANTS[variant].lr_key
         if lr_key is None:
             return cls(training["logits"], None, None, None, None, None, None, None)
+        conventions = {key: training[key] for key in VARIANTS[variant].conventions}
         return cls(
+            **conventions,
             logits=training["logits"],
             lambda_init=training["lambda_init"],
             lr=training[lr_key],
@@ -86,7 +103,7 @@ def run_variant(
 
     Returns the table row and the best parameters (CPU tensors, empty for `base`)."""
     reference = UnitPCA.load(reference_pca)
-    plan, module = build_variant(variant, reference, options.lambda_init, options.seed)
+    plan, module = build_variant(variant, reference, options.lambda_init, options.seed, conventions=options.conventions)
     features = [spectral_features(UnitFile(units[split]), plan, feature_batch_size, device) for split in SPLITS]
     classifier, header = load_classifier(classifier_path, options.logits)
     classifier, module = classifier.to(device), module.to(device)
@@ -103,6 +120,9 @@ def run_variant(
         "classifier": header["source"],
         "logits": options.logits,
         "lambda_init": options.lambda_init,
+        "ln_constants": UnitFile(units["train"]).metadata.get("ln_constants"),
+        "published_code": options.published_code,
+        "head_rank": options.head_rank,
         "lr": settings.lr if result.trainable_parameters else None,
         "trainable_parameters": result.trainable_parameters,
         "val_accuracy": result.val_accuracy,

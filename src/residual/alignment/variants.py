@@ -23,12 +23,24 @@ Facts from the authors' code (Flegyas/ResiDual, `src/residual/nn/adapter.py`, `c
 - lambda init: 'randn' = randn + 1 (unseeded there, seeded here) or 'ones'.
 - ablation 'mean' there is the mean of the other units over the current batch (even at test
   time); here it is their mean on the reference split (`UnitPCA.means`), a constant.
+
+Where the published code computes something other than the paper's formula, `Conventions` chooses
+(docs/conventions.md); the defaults are the paper's:
+- published_code, residual_full: sum_u (x_u - mu_u) B_u^T diag(lambda_u) B_u^T, B_u [d, d] the
+  unit's kept components padded with zero rows (the transposed basis where the inverse belongs).
+  With coords c_u = (x_u - mu_u) B_u^T this is (c_u * lambda_u) @ R_u, R_u [k_u, d] holding
+  Phi_u[:k_u, :k_u]^T in its first k_u columns. Where the authors kept more rows than the
+  pipeline's PCA (directions of zero variance, arbitrary up to rotation) the padding is zeros.
+- published_code, spectral_adapter: (x - mu) * lambda, one lambda per standard output coordinate.
+- head_rank, residual_full: every head component of non-zero variance (about d_head + 2, the two
+  extra being the final LayerNorm's per-sample 1/s and mu/s directions) or the first d_head (the
+  authors).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -39,7 +51,16 @@ from residual.spectral.pca import OUTPUT, UnitPCA
 from residual.units.layout import parse_unit
 
 Init = Literal["ones", "randn"]
+HeadRank = Literal["nonzero", "d_head"]
 FINE_THRESHOLD = 0.90
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """Where the paper and the authors' published code differ (module docstring); defaults: the paper."""
+
+    published_code: bool = False
+    head_rank: HeadRank = "nonzero"
 
 
 def initial_lambdas(size: int, init: Init, seed: int) -> Tensor:
@@ -59,12 +80,12 @@ class ZeroShot(nn.Module):
 
 
 class SpectralReweighting(nn.Module):
-    """One lambda per coordinate: (coords * lambda) @ B + rest (residual_fine, residual_full,
-    spectral_adapter). Buffers: basis [K, d]; parameter: lambdas [K]."""
+    """One lambda per coordinate: (coords * lambda) @ R + rest (residual_fine, residual_full,
+    spectral_adapter). Buffers: readout R [K, d] (the plan's basis unless given); parameter: lambdas [K]."""
 
-    def __init__(self, plan: FeaturePlan, init: Init, seed: int) -> None:
+    def __init__(self, plan: FeaturePlan, init: Init, seed: int, readout: Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("basis", plan.basis)
+        self.register_buffer("basis", plan.basis if readout is None else readout)
         self.lambdas = nn.Parameter(initial_lambdas(len(plan.basis), init, seed))
 
     def forward(self, batch: Features) -> Tensor:
@@ -112,16 +133,16 @@ def _units(reference: UnitPCA, *kinds: str) -> list[str]:
     return [name for name in reference.names if parse_unit(name).kind in kinds]
 
 
-def _fine_plan(reference: UnitPCA, ablation: Ablation) -> FeaturePlan:
+def _fine_plan(reference: UnitPCA, ablation: Ablation, conventions: Conventions) -> FeaturePlan:
     heads = _units(reference, "head")
     widths = reference.subset(heads).k(FINE_THRESHOLD).tolist()
     return make_plan(reference, heads, widths, ablation)
 
 
-def _every_component(*kinds: str) -> Callable[[UnitPCA, Ablation], FeaturePlan]:
+def _every_component(*kinds: str) -> Callable[[UnitPCA, Ablation, Conventions], FeaturePlan]:
     """Plan builder adapting the units of `kinds` with every component the reference keeps."""
 
-    def plan(reference: UnitPCA, ablation: Ablation) -> FeaturePlan:
+    def plan(reference: UnitPCA, ablation: Ablation, conventions: Conventions) -> FeaturePlan:
         units = _units(reference, *kinds)
         widths = [len(reference.components[reference.index(name)]) for name in units]
         return make_plan(reference, units, widths, ablation)
@@ -129,38 +150,99 @@ def _every_component(*kinds: str) -> Callable[[UnitPCA, Ablation], FeaturePlan]:
     return plan
 
 
-def _embedding_plan(reference: UnitPCA, ablation: Ablation) -> FeaturePlan:
+def head_dim(reference: UnitPCA) -> int:
+    """d_head of the reference's model, recorded by `fit_unit_file`."""
+    if "head_dim" not in reference.metadata:
+        raise ValueError(
+            f"PCA of {reference.metadata.get('source', 'in-memory values')} does not record the model's head_dim, "
+            "which `training.head_rank: d_head` needs: rerun the pca rule"
+        )
+    return int(reference.metadata["head_dim"])
+
+
+def _full_plan(reference: UnitPCA, ablation: Ablation, conventions: Conventions) -> FeaturePlan:
+    """Heads and MLPs; heads keep every component of non-zero variance or the first d_head (`head_rank`)."""
+    units = _units(reference, "head", "mlp")
+    widths = [len(reference.components[reference.index(name)]) for name in units]
+    if conventions.head_rank == "d_head":
+        limit = head_dim(reference)
+        widths = [min(width, limit) if parse_unit(name).kind == "head" else width for name, width in zip(units, widths)]
+    elif conventions.head_rank != "nonzero":
+        raise ValueError(f"head_rank {conventions.head_rank!r} is not 'nonzero' or 'd_head'")
+    return make_plan(reference, units, widths, ablation)
+
+
+def _output_plan(reference: UnitPCA, ablation: Ablation, conventions: Conventions) -> FeaturePlan:
+    """The embedding on the reference's PCA of outputs, or (published_code) on the standard
+    coordinates: components = the identity, so that coords = x - mu and the readout is the identity."""
+    plan = make_plan(reference, [OUTPUT], [len(reference.components[reference.index(OUTPUT)])], "zero")
+    if not conventions.published_code:
+        return plan
+    return replace(plan, components=[torch.eye(plan.width)])
+
+
+def transposed_readout(components: list[Tensor], width: int) -> Tensor:
+    """[K, d] the published code's readout: per unit, R_u [k_u, d] = [Phi_u[:k_u, :k_u]^T, 0]
+    (module docstring), stacked in the plan's order. components: A x [k_u, d]."""
+    blocks = []
+    for rows in components:
+        block = rows.new_zeros(len(rows), width)
+        block[:, : len(rows)] = rows[:, : len(rows)].T
+        blocks.append(block)
+    return torch.cat([*blocks, torch.zeros(0, width)])
+
+
+def _full_module(plan: FeaturePlan, init: Init, seed: int, conventions: Conventions) -> nn.Module:
+    readout = transposed_readout(plan.components, plan.width) if conventions.published_code else None
+    return SpectralReweighting(plan, init, seed, readout)
+
+
+def _embedding_plan(reference: UnitPCA, ablation: Ablation, conventions: Conventions) -> FeaturePlan:
     """No coordinates and no unit columns read: the module uses the embedding."""
     return make_plan(reference.subset([OUTPUT]), [], [], "zero")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A row of METHOD's table: `plan(reference, ablation)` builds the feature plan,
-    `module(plan, init, seed)` the trainable module; `ablation` is the authors' default;
-    `lr_key` the `training` key of its learning rate (None: nothing is trained)."""
+    """A row of METHOD's table: `plan(reference, ablation, conventions)` builds the feature plan,
+    `module(plan, init, seed, conventions)` the trainable module; `ablation` is the authors' default;
+    `lr_key` the `training` key of its learning rate (None: nothing is trained); `conventions` the
+    `Conventions` fields it depends on (the others do not change it)."""
 
     label: str
     ablation: Ablation
-    plan: Callable[[UnitPCA, Ablation], FeaturePlan]
-    module: Callable[[FeaturePlan, Init, int], nn.Module]
+    plan: Callable[[UnitPCA, Ablation, Conventions], FeaturePlan]
+    module: Callable[[FeaturePlan, Init, int, Conventions], nn.Module]
     lr_key: str | None
+    conventions: tuple[str, ...] = ()
+
+
+def _plain(module: Callable[[FeaturePlan, Init, int], nn.Module]) -> Callable[[FeaturePlan, Init, int, Conventions], nn.Module]:
+    """A module builder that no convention changes."""
+    return lambda plan, init, seed, conventions: module(plan, init, seed)
 
 
 VARIANTS: dict[str, Variant] = {
-    "base": Variant("zero-shot", "zero", _embedding_plan, lambda plan, init, seed: ZeroShot(), None),
-    "residual_fine": Variant("ResiDual*", "zero", _fine_plan, SpectralReweighting, "lr_residual"),
-    "residual_full": Variant("ResiDual", "sum", _every_component("head", "mlp"), SpectralReweighting, "lr_residual"),
-    "residual_coarse": Variant("Optimized", "zero", _every_component("head"), UnitScaling, "lr_residual"),
-    "spectral_adapter": Variant("spectral adapter", "zero", _every_component(OUTPUT), SpectralReweighting, "lr_adapter"),
+    "base": Variant("zero-shot", "zero", _embedding_plan, _plain(lambda plan, init, seed: ZeroShot()), None),
+    "residual_fine": Variant("ResiDual*", "zero", _fine_plan, _plain(SpectralReweighting), "lr_residual"),
+    "residual_full": Variant("ResiDual", "sum", _full_plan, _full_module, "lr_residual", ("published_code", "head_rank")),
+    "residual_coarse": Variant("Optimized", "zero", _every_component("head"), _plain(UnitScaling), "lr_residual"),
+    "spectral_adapter": Variant(
+        "spectral adapter", "zero", _output_plan, _plain(SpectralReweighting), "lr_adapter", ("published_code",)
+    ),
     "linear_adapter": Variant(
-        "linear adapter", "zero", _embedding_plan, lambda plan, init, seed: LinearAdapter(plan.width, init, seed), "lr_adapter"
+        "linear adapter", "zero", _embedding_plan, _plain(lambda plan, init, seed: LinearAdapter(plan.width, init, seed)), "lr_adapter"
     ),
 }
 
 
 def build_variant(
-    name: str, reference: UnitPCA, init: Init, seed: int, ablation: Ablation | None = None
+    name: str,
+    reference: UnitPCA,
+    init: Init,
+    seed: int,
+    ablation: Ablation | None = None,
+    conventions: Conventions = Conventions(),
 ) -> tuple[FeaturePlan, nn.Module]:
     """The plan and a freshly initialised module of variant `name` (a key of VARIANTS); the
     reference must hold every unit and OUTPUT. ablation: None takes the variant's default; it
@@ -168,8 +250,8 @@ def build_variant(
     if name not in VARIANTS:
         raise KeyError(f"unknown variant {name!r}: expected one of {sorted(VARIANTS)} (finetune needs the images)")
     variant = VARIANTS[name]
-    plan = variant.plan(reference, variant.ablation if ablation is None else ablation)
-    return plan, variant.module(plan, init, seed)
+    plan = variant.plan(reference, variant.ablation if ablation is None else ablation, conventions)
+    return plan, variant.module(plan, init, seed, conventions)
 
 
 def trainable_parameters(module: nn.Module) -> int:

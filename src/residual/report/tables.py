@@ -13,7 +13,7 @@ from residual.io.atomic import atomic_path
 from residual.units.store import UnitFile
 
 DEMO_NOTE = "Demo run: random weights and toy data. These numbers are not the paper's."
-VERSION = "tables/1"  # bump when a change to the tables' layout or summaries changes what they hold
+VERSION = "tables/2"  # bump when a change to the tables' layout or summaries changes what they hold
 
 
 def authors_bytes_per_sample(layers: int, heads: int, head_dim: int, width: int) -> int:
@@ -40,6 +40,7 @@ def decomposition_table(paths: Sequence[str | Path], run_name: str) -> pl.DataFr
                 "heads": layout.heads,
                 "out_dim": layout.out_dim,
                 "dtype": meta["dtype"],
+                "ln_constants": meta.get("ln_constants"),
                 "max_rel_error": meta["decomposition_error"],
                 "readback_rel_error": meta["readback_error"],
                 "bytes_per_sample": os.path.getsize(path) / samples if samples else float("nan"),

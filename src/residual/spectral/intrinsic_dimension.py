@@ -20,7 +20,7 @@ from torch import Tensor
 # Candidates kept per row by the fast distance search before the exact re-ranking picks two.
 # Two spares absorb the rounding of the matmul-based distances, which can swap near-equal ranks.
 CANDIDATES = 4
-VERSION = "intrinsic-dimension/1"  # bump when a change to the estimators or their table changes results
+VERSION = "intrinsic-dimension/2"  # bump when a change to the estimators or their table changes results
 
 
 def linear_id(eigenvalues: Tensor, total_variance: Tensor | float, threshold: float = 0.99) -> int:

@@ -198,7 +198,8 @@ def fit_unit_file(
     parts = [_fit(batches(group), group, source) for group in groups]
     if include_output:
         parts.append(_fit(batches([]), [OUTPUT], source))
-    provenance = {key: unit_file.metadata[key] for key in ("model", "dataset", "split") if key in unit_file.metadata}
+    provenance = {key: unit_file.metadata[key] for key in ("model", "dataset", "split", "ln_constants") if key in unit_file.metadata}
+    provenance["head_dim"] = unit_file.layout.head_dim  # residual_full's `head_rank: d_head`
     return UnitPCA(
         names=[name for part in parts for name in part.names],
         samples=parts[0].samples,

@@ -2,7 +2,9 @@
 
 - `intrinsic_dimension_table`: for every unit of one split (and the model's output), the linear ID
   k(0.99) of its PCA, the TwoNN ID of a seeded sample of its points, their ratio and the first
-  component's explained variance ratio.
+  component's explained variance ratio. The linear ID (and first EVR) come from the PCA of the
+  whole split (`linear_id_on="split"`) or, as in the authors' experiment, from the PCA of the
+  same sampled points TwoNN sees (`"id_sample"`).
 - `similarity_table`: for every unit, the normalised spectral cosine between its principal subspace
   on the reference dataset and on another dataset (weighted and unweighted).
 
@@ -14,18 +16,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal, get_args
 
 import polars as pl
 import torch
 from torch import Tensor
 
 from residual.spectral.intrinsic_dimension import linear_id, two_nn
-from residual.spectral.pca import OUTPUT, UnitPCA
+from residual.spectral.pca import OUTPUT, UnitPCA, fit_pca
 from residual.spectral.similarity import unit_similarity
 from residual.units.guards import check_finite_values
 from residual.units.layout import unit_coordinates
 from residual.units.store import UnitFile
 
+LinearIdOn = Literal["split", "id_sample"]
 UNIT_SCHEMA = {"unit": pl.String, "kind": pl.String, "layer": pl.Int32, "head": pl.Int32}
 
 
@@ -59,8 +63,11 @@ def intrinsic_dimension_table(
     group_size: int = 16,
     batch_size: int = 4096,
     device: torch.device | str = "cpu",
+    linear_id_on: LinearIdOn = "split",
 ) -> pl.DataFrame:
     """One row per unit of `pca` (fitted on the same file): linear and TwoNN intrinsic dimension."""
+    if linear_id_on not in get_args(LinearIdOn):
+        raise ValueError(f"analysis.linear_id_on {linear_id_on!r} is not one of {get_args(LinearIdOn)}")
     unit_file = UnitFile(unit_path)
     positions = sample_positions(len(unit_file), samples, seed)
     rows = []
@@ -68,15 +75,18 @@ def intrinsic_dimension_table(
         group = pca.names[start : start + group_size]
         points, sample_ids = sampled_points(unit_file, group, positions, batch_size)
         check_finite_values(points, group, sample_ids, f"unit file {unit_file.path}, step twonn")
+        spectra = pca if linear_id_on == "split" else fit_pca(points.to(device), group, f"unit file {unit_file.path}")
         for position, name in enumerate(group):
-            unit = pca.index(name)
+            unit = spectra.index(name)
             estimate = two_nn(points[:, position].to(device), fraction=fraction)
-            linear = linear_id(pca.eigenvalues[unit], pca.total_variance[unit], threshold)
-            evr = pca.explained_variance_ratio(unit)
+            linear = linear_id(spectra.eigenvalues[unit], spectra.total_variance[unit], threshold)
+            evr = spectra.explained_variance_ratio(unit)
             rows.append(
                 {
                     "unit": name,
                     **unit_coordinates(name),
+                    "ln_constants": unit_file.metadata.get("ln_constants"),
+                    "linear_id_on": linear_id_on,
                     "samples": len(positions),
                     "linear_id": linear,
                     "twonn_id": _defined(estimate.id),
@@ -116,6 +126,7 @@ def similarity_table(reference: UnitPCA, other: UnitPCA, threshold: float = 0.9)
                 **unit_coordinates(name),
                 "similarity": _defined(weighted),
                 "similarity_unweighted": _defined(unweighted),
+                "ln_constants": reference.metadata.get("ln_constants"),
                 "k_reference": int(k_reference[unit]),
                 "k_dataset": int(k_other[unit]),
             }

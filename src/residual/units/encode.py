@@ -100,6 +100,7 @@ def encode_split(
         "model": model.name,
         "model_spec": model.spec,
         "unit_map": {"path": os.path.relpath(unit_map_path.resolve(), output.parent.resolve()), "digest": digest},
+        "ln_constants": unit_map.ln_constants,
         "source": source.metadata or {},
         "versions": library_versions(),
         **(metadata or {}),

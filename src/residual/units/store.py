@@ -298,7 +298,7 @@ class UnitFile:
             pre[:, position] = self._decode(table[names[position]], self._exponent(names[position]))
         return StoredUnits(
             names=names,
-            values=unit_map.finish(pre, ln_mean, ln_std),
+            values=unit_map.finish(pre, ln_mean, ln_std, [self.layout.index(name) for name in names]),
             embedding=self._decode(table["embedding"], self.metadata["scale_exponents"]["embedding"]),
             labels=torch.tensor(table["label"].to_numpy()),
             sample_ids=torch.tensor(table["sample_id"].to_numpy()),
