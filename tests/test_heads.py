@@ -34,7 +34,7 @@ from residual.units.decompose import RawUnits
 from residual.units.guards import NonFiniteError
 from residual.units.layout import UnitLayout
 from residual.units.store import UnitFile, UnitWriter
-from residual.units.unit_map import UnitMap
+from residual.units.unit_map import UnitMap, constant_shares
 
 LAYOUT = UnitLayout(layers=2, heads=4, head_dim=8, out_dim=8)
 SIGNAL = "head_1_2"  # the head that carries the class
@@ -50,7 +50,8 @@ def identity_map(nan_head: int | None = None) -> UnitMap:
     if nan_head is not None:
         weight[nan_head] = float("nan")
     heads, width = LAYOUT.layers * LAYOUT.heads, LAYOUT.out_dim
-    return UnitMap(LAYOUT, weight, torch.zeros(heads, width), torch.zeros(width), torch.zeros(width))
+    shares = constant_shares(LAYOUT, "per_unit")
+    return UnitMap(LAYOUT, weight, torch.zeros(heads, width), torch.zeros(width), torch.zeros(width), shares)
 
 
 def synthetic_units(folder: Path, split: str, samples: int, seed: int, nan_head: int | None = None, shift: int = 0) -> Path:

@@ -15,7 +15,7 @@ from residual import read_units
 from residual.spectral.pca import OUTPUT, PCAFileError, UnitPCA, fit_pca, fit_unit_file
 from residual.units.guards import NonFiniteError
 from residual.units.layout import UnitLayout
-from residual.units.unit_map import UnitMap
+from residual.units.unit_map import UnitMap, constant_shares
 
 
 def _values(n: int = 400, units: int = 3, d: int = 12, seed: int = 0) -> torch.Tensor:
@@ -157,7 +157,8 @@ def test_bad_pca_files_are_named(tmp_path: Path, damage: str) -> None:
     else:
         path.unlink()
         layout = UnitLayout(layers=1, heads=1, head_dim=2, out_dim=3)  # a real safetensors file of another kind
-        UnitMap(layout, torch.zeros(1, 2, 3), torch.zeros(1, 3), torch.zeros(3), torch.zeros(3)).save(path)
+        shares = constant_shares(layout, "per_unit")
+        UnitMap(layout, torch.zeros(1, 2, 3), torch.zeros(1, 3), torch.zeros(3), torch.zeros(3), shares).save(path)
     with pytest.raises(PCAFileError, match=str(path)):
         UnitPCA.load(path)
 
