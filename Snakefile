@@ -27,13 +27,20 @@ include: "rules/units.smk"
 include: "rules/spectral.smk"
 include: "rules/alignment.smk"
 include: "rules/report.smk"
+include: "rules/charts.smk"
+
+
+report: "report/workflow.rst"
 
 
 rule all:
     default_target: True
     input:
         TABLES,
+        CHART_FILES,
+        LATEX_FILES,
 
 
 onsuccess:
     print(tables_message())
+    print(charts_message())

@@ -1,11 +1,18 @@
 # Aggregated tables (Parquet, CSV, Markdown; the Markdown of per-unit tables is a per-layer summary).
 
 
+def table_files(kind, caption="table"):
+    """A results table's files; its CSV (every row) goes into `snakemake --report`."""
+    labels = {"table": kind, "format": "CSV"}
+    flagged = report(f"results/tables/{kind}.csv", caption=f"../report/captions/{caption}.rst", category="Tables", subcategory="results", labels=labels)
+    return [flagged if ext == "csv" else f"results/tables/{kind}.{ext}" for ext in TABLE_FORMATS]
+
+
 rule decomposition_table:
     input:
         unit_files,
     output:
-        expand("results/tables/decomposition.{ext}", ext=TABLE_FORMATS),
+        table_files("decomposition"),
     params:
         run_name=config["run_name"],
         demo=config["demo"],
@@ -28,7 +35,7 @@ rule intrinsic_dimension_table:
     input:
         id_files,
     output:
-        expand("results/tables/intrinsic_dimension.{ext}", ext=TABLE_FORMATS),
+        table_files("intrinsic_dimension"),
     params:
         run_name=config["run_name"],
         demo=config["demo"],
@@ -53,7 +60,7 @@ rule similarity_table:
     input:
         similarity_files,
     output:
-        expand("results/tables/similarity.{ext}", ext=TABLE_FORMATS),
+        table_files("similarity"),
     params:
         run_name=config["run_name"],
         demo=config["demo"],
@@ -78,7 +85,7 @@ rule training_table:
     input:
         training_files,
     output:
-        expand("results/tables/training.{ext}", ext=TABLE_FORMATS),
+        table_files("training"),
     params:
         run_name=config["run_name"],
         demo=config["demo"],
