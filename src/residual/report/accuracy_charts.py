@@ -7,6 +7,8 @@ Input: one row per model x dataset x variant with `test_accuracy` and `trainable
 
 from __future__ import annotations
 
+import math
+
 import altair as alt
 import polars as pl
 
@@ -32,6 +34,13 @@ def accuracy_bars(table: pl.DataFrame) -> alt.TopLevelMixin:
     return bars.facet(data=table, row=alt.Row("model:N", title="model", sort=ordered(table, "model")))
 
 
+def decades(values: pl.Series) -> list[int]:
+    """Powers of ten spanning `values` (positive), the ticks of a log axis."""
+    if values.is_empty():
+        return [1]
+    return [10**power for power in range(math.floor(math.log10(values.min())), math.ceil(math.log10(values.max())) + 1)]
+
+
 def accuracy_vs_parameters(table: pl.DataFrame) -> alt.TopLevelMixin:
     """Test accuracy against trainable parameters (log scale), a point per variant; the zero-shot
     `base` (no parameters, so no place on a log axis) as a dashed rule; a panel per model (rows)
@@ -44,7 +53,7 @@ def accuracy_vs_parameters(table: pl.DataFrame) -> alt.TopLevelMixin:
         .mark_point(filled=True, size=90)
         .encode(
             x=alt.X("trainable_parameters:Q", title="trainable parameters (log scale)", scale=alt.Scale(type="log"),
-                    axis=alt.Axis(format="~s")),
+                    axis=alt.Axis(format="~s", values=decades(data["trainable_parameters"].filter(data["trainable_parameters"] > 0)))),
             y=alt.Y("test_accuracy:Q", title="test accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False)),
             color=alt.Color("variant:N", title="variant", sort=variants),
             tooltip=["variant:N", alt.Tooltip("trainable_parameters:Q", title="trainable parameters", format=","),

@@ -100,7 +100,7 @@ def runtime_chart(table: pl.DataFrame) -> alt.TopLevelMixin:
     rules = summary.group_by("rule").agg(pl.col("total_wall_s").sum()).sort("total_wall_s", descending=True)["rule"].to_list()
     models = ordered(summary, "model")
     base = alt.Chart(summary).encode(
-        y=alt.Y("rule:N", title="rule", sort=rules),
+        y=alt.Y("rule:N", title="rule", sort=rules, axis=alt.Axis(labelLimit=320)),
         yOffset=alt.YOffset("model:N", sort=models),
         color=alt.Color("model:N", title="model", sort=models),
         tooltip=["rule:N", "model:N", "jobs:Q", alt.Tooltip("total_wall_s:Q", title="total wall time (s)", format=".1f"),

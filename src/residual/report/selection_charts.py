@@ -40,7 +40,7 @@ def selection_curves(table: pl.DataFrame, references: Sequence[str] = tuple(REFE
     data = pl.concat([curves, rules], how="diagonal_relaxed")
     scores = ordered(curves, "score")
     dash = alt.StrokeDash("ablation:N", title="others") if curves["ablation"].n_unique() > 1 else alt.Undefined
-    x = alt.X("fraction:Q", title="fraction of heads kept (log scale)", scale=alt.Scale(type="log"), axis=alt.Axis(format="%"))
+    x = alt.X("fraction:Q", title="fraction of heads kept (log scale)", scale=alt.Scale(type="log"), axis=alt.Axis(format="%", labelOverlap="greedy"))
     y = alt.Y("accuracy:Q", title="test accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False))
     color = alt.Color("score:N", title="score", sort=scores, legend=alt.Legend(symbolOpacity=1, symbolType="stroke"))
     band = alt.Chart().transform_filter("datum.kind == 'curve' && datum.seeds > 1").mark_area(opacity=0.2).encode(

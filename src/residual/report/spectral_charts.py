@@ -7,6 +7,8 @@ unit, kind, layer, head, similarity, similarity_unweighted).
 
 from __future__ import annotations
 
+import math
+
 import altair as alt
 import polars as pl
 
@@ -38,13 +40,19 @@ def per_layer(table: pl.DataFrame, values: list[str]) -> pl.DataFrame:
     )
 
 
-def layer_lines(models: list[str], y: alt.Y) -> alt.Chart:
+def layer_ticks(table: pl.DataFrame) -> list[int]:
+    """Whole layer numbers for the x axis, at most 12 of them."""
+    layers = int(table["layer"].max()) + 1
+    return list(range(0, layers, math.ceil(layers / 12)))
+
+
+def layer_lines(models: list[str], layers: list[int], y: alt.Y) -> alt.Chart:
     """One line (with points) per model over the layers."""
     return (
         alt.Chart()
         .mark_line(point=True, strokeWidth=2)
         .encode(
-            x=alt.X("layer:Q", title="layer (0 = first)", axis=alt.Axis(tickMinStep=1, format="d")),
+            x=alt.X("layer:Q", title="layer (0 = first)", axis=alt.Axis(values=layers, format="d")),
             y=y,
             color=alt.Color("model:N", title="model", sort=models),
             tooltip=["model:N", "dataset:N", "layer:Q", "heads:Q", alt.Tooltip(y.shorthand, format=".3g")],
@@ -62,7 +70,7 @@ def id_by_layer(table: pl.DataFrame) -> alt.TopLevelMixin:
     long = long.with_columns(pl.col("estimator").replace_strict(ESTIMATORS))
     y = alt.Y("id:Q", title="intrinsic dimension (mean over heads)", scale=alt.Scale(zero=False))
     return (
-        layer_lines(ordered(table, "model"), y)
+        layer_lines(ordered(table, "model"), layer_ticks(heads(table)), y)
         .facet(
             data=long,
             column=alt.Column("estimator:N", title=None, sort=list(ESTIMATORS.values())),
@@ -75,7 +83,7 @@ def id_by_layer(table: pl.DataFrame) -> alt.TopLevelMixin:
 def id_ratio_by_layer(table: pl.DataFrame) -> alt.TopLevelMixin:
     """Mean over each layer's heads of linear ID / TwoNN ID, one line per model, a panel per dataset."""
     y = alt.Y("linear_over_twonn:Q", title="linear ID / TwoNN ID (mean over heads)", scale=alt.Scale(zero=False))
-    return layer_lines(ordered(table, "model"), y).facet(
+    return layer_lines(ordered(table, "model"), layer_ticks(heads(table)), y).facet(
         data=per_layer(table, ["linear_over_twonn"]),
         column=alt.Column("dataset:N", title="dataset", sort=ordered(table, "dataset")),
     )
