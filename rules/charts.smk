@@ -26,19 +26,6 @@ LATEX_FILES = expand("results/tables/latex/{table}.tex", table=LATEX_TABLES)
 REPORT = "results/report.html"
 
 
-def chart_rule(chart, table):
-    """The output files of one chart; the HTML (interactive, offline) goes into the report."""
-    figure = FIGURES[chart]
-    return {
-        "html": report(
-            f"results/charts/{chart}.html",
-            caption=f"../report/captions/{chart}.rst",
-            category=figure.category,
-            subcategory=figure.subcategory,
-            labels={"chart": figure.title, "table": table},
-        ),
-        **{ext: f"results/charts/{chart}.{ext}" for ext in CHART_FORMATS if ext != "html"},
-    }
 
 
 for chart in CHARTS + RUNTIME_CHARTS:
@@ -49,7 +36,7 @@ for chart in CHARTS + RUNTIME_CHARTS:
         input:
             f"results/tables/{FIGURES[chart].table}.parquet",
         output:
-            **chart_rule(chart, FIGURES[chart].table),
+            **chart_outputs(chart, FIGURES[chart].table),
         params:
             chart=chart,
             demo=config["demo"],
@@ -101,11 +88,6 @@ for name in LATEX_TABLES:
             "../workflow_scripts/paper_table.py"
 
 
-def benchmark_patterns(wildcards):
-    """Every rule's benchmark path pattern, but this rule's own and those of the charts drawn from
-    its table (evaluated when the DAG is built, when every rule file is loaded)."""
-    after = {"runtime_table", *(f"chart_{chart}" for chart in RUNTIME_CHARTS)}
-    return {rule.name: str(rule.benchmark) for rule in workflow.rules if rule.benchmark and rule.name not in after}
 
 
 rule runtime_table:
@@ -144,8 +126,3 @@ rule report_files:
         LATEX_FILES,
         expand("results/charts/{chart}.{ext}", chart=RUNTIME_CHARTS, ext=CHART_FORMATS),
     localrule: True
-
-
-def charts_message():
-    note = f"Charts: results/charts/ ({len(CHARTS)} charts as HTML, PNG and SVG); LaTeX tables: results/tables/latex/"
-    return f"{note}\nReport (with the runtime of every job): make report, or snakemake report_files && snakemake --report {REPORT} report_files"

@@ -1,13 +1,6 @@
 # Aggregated tables (Parquet, CSV, Markdown; the Markdown of per-unit tables is a per-layer summary).
 
 
-def table_files(kind, caption="table"):
-    """A results table's files; its CSV (every row) goes into `snakemake --report`."""
-    labels = {"table": kind, "format": "CSV"}
-    flagged = report(f"results/tables/{kind}.csv", caption=f"../report/captions/{caption}.rst", category="Tables", subcategory="results", labels=labels)
-    return [flagged if ext == "csv" else f"results/tables/{kind}.{ext}" for ext in TABLE_FORMATS]
-
-
 rule decomposition_table:
     input:
         unit_files,

@@ -35,6 +35,12 @@ def test_lint_is_clean(tmp_path, config: str) -> None:
     assert "Congratulations, your workflow is in a good condition" in run.stdout + run.stderr
 
 
+# One job per chart and per LaTeX table of `all` (rules/charts.smk).
+CHARTS = ["intrinsic_dimension_by_layer", "intrinsic_dimension_ratio", "intrinsic_dimension_heads", "similarity_heads",
+          "accuracy_by_variant", "accuracy_vs_parameters"]  # fmt: skip
+REPORT_JOBS = {**{f"chart_{chart}": 1 for chart in CHARTS}, **{f"latex_{table}": 1 for table in ("main", "similarity", "intrinsic_dimension")}}
+
+
 def test_paper_dag_plans_without_network(tmp_path) -> None:
     """config.yaml: 5 ViT-L models x 14 datasets x 3 splits, 13 datasets with files to fetch or check,
     11 task datasets x 6 variants trained, 13 datasets compared with ImageNet, TwoNN on ImageNet."""
@@ -54,6 +60,7 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "intrinsic_dimension_table": 1,
         "similarity_table": 1,
         "training_table": 1,
+        **REPORT_JOBS,
         "all": 1,
     }
 
@@ -70,7 +77,7 @@ def test_demo_dag(tmp_path) -> None:
     assert run.returncode == 0, run.stderr
     per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6}
     tables = {f"{kind}_table": 1 for kind in ("decomposition", "intrinsic_dimension", "similarity", "training")}
-    assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, "all": 1}
+    assert job_counts(run.stdout) == {"split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, **REPORT_JOBS, "all": 1}
 
 
 def test_tiny_config_end_to_end(tiny_run: tuple[Path, str]) -> None:
