@@ -36,7 +36,7 @@ for chart in CHARTS + RUNTIME_CHARTS:
         input:
             f"results/tables/{FIGURES[chart].table}.parquet",
         output:
-            **chart_outputs(chart, FIGURES[chart].table),
+            **chart_outputs(chart),
         params:
             chart=chart,
             demo=config["demo"],

@@ -147,7 +147,7 @@ def table_files(kind, caption="table"):
 
 
 # Charts, LaTeX tables and runtime (rules/charts.smk).
-def chart_outputs(chart, table):
+def chart_outputs(chart):
     """The output files of one chart; the HTML (interactive, offline) goes into the report."""
     figure = FIGURES[chart]
     return {
@@ -156,7 +156,7 @@ def chart_outputs(chart, table):
             caption=f"../report/captions/{chart}.rst",
             category=figure.category,
             subcategory=figure.subcategory,
-            labels={"chart": figure.title, "table": table},
+            labels={"chart": figure.title, "table": figure.table},
         ),
         **{ext: f"results/charts/{chart}.{ext}" for ext in CHART_FORMATS if ext != "html"},
     }

@@ -26,7 +26,10 @@ from residual.report.figures import render
 CONSOLE = re.compile(r'INFO:CONSOLE[^\]]*\] "(.*)", source: (\S+)')
 ERROR = re.compile(r"\b(Uncaught|\w*Error|error|Failed)\b")
 EMBEDDED_CHART = re.compile(r"data:text/html;charset=utf8;filename=([\w.-]+\.html);base64,([A-Za-z0-9+/=]+)")
-DATA_MARK = re.compile(r'<path[^>]*aria-roledescription="(rect|line|symbol|area|rule|bar) mark"')
+# Vega's SVG marks every drawn item role="graphics-symbol" with what it is: "bar", "point",
+# "rect mark", "line mark", ... and the guides "axis", "legend", "title", "subtitle".
+DRAWN_ITEM = re.compile(r'role="graphics-symbol" aria-roledescription="([^"]+)"')
+GUIDES = {"axis", "legend", "title", "subtitle"}
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +53,7 @@ class Page:
     @property
     def marks(self) -> int:
         """Items of data marks in the rendered SVG of the Vega views (not axes or legends)."""
-        return len(DATA_MARK.findall(self.dom))
+        return sum(kind not in GUIDES for kind in DRAWN_ITEM.findall(self.dom))
 
 
 def open_page(browser: str, path: Path, screenshot: Path) -> Page:
