@@ -1,12 +1,15 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv and run the offline demo end to end (CPU, no download)
 #   make test   set up .venv and run the test suite (what CI runs)
+#   make report run CONFIG's workflow with its charts and runtime, then build results/report.html
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+CONFIG ?= config.yaml
+REPORT := results/report.html
 
-.PHONY: setup demo test lint compare conventions clean-results
+.PHONY: setup demo report test lint compare conventions clean-results
 
 setup: $(VENV)/.installed
 
@@ -17,7 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/snakemake --cores $(CORES) --configfile configs/demo.yaml
+	$(MAKE) report CONFIG=configs/demo.yaml
+
+# `snakemake --report` cannot run jobs: the first command makes everything it shows.
+report: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) report_files
+	$(BIN)/snakemake --configfile $(CONFIG) --report $(REPORT) report_files
+	@echo "Report (opens offline in a browser): $(abspath $(REPORT))"
 
 test: setup
 	$(BIN)/python -m pytest

@@ -33,13 +33,20 @@ include: "rules/alignment.smk"
 include: "rules/heads.smk"
 include: "rules/finetune.smk"
 include: "rules/report.smk"
+include: "rules/charts.smk"
+
+
+report: "report/workflow.rst"
 
 
 rule all:
     default_target: True
     input:
         TABLES,
+        CHART_FILES,
+        LATEX_FILES,
 
 
 onsuccess:
     print(tables_message())
+    print(charts_message())

@@ -156,3 +156,38 @@ def tables_message():
     listing = "\n".join(f"  {path}" for path in TABLES if path.endswith(".md"))
     note = " (demo: random weights, not the paper's numbers)" if config["demo"] else ""
     return f"Run '{config['run_name']}' is complete{note}. Tables:\n{listing}\nUnits: results/units/"
+
+
+def table_files(kind, caption="table"):
+    """A results table's files; its CSV (every row) goes into `snakemake --report`."""
+    labels = {"table": kind, "format": "CSV"}
+    flagged = report(f"results/tables/{kind}.csv", caption=f"../report/captions/{caption}.rst", category="Tables", subcategory="results", labels=labels)
+    return [flagged if ext == "csv" else f"results/tables/{kind}.{ext}" for ext in TABLE_FORMATS]
+
+
+# Charts, LaTeX tables and runtime (rules/charts.smk).
+def chart_outputs(chart):
+    """The output files of one chart; the HTML (interactive, offline) goes into the report."""
+    figure = FIGURES[chart]
+    return {
+        "html": report(
+            f"results/charts/{chart}.html",
+            caption=f"../report/captions/{chart}.rst",
+            category=figure.category,
+            subcategory=figure.subcategory,
+            labels={"chart": figure.title, "table": figure.table},
+        ),
+        **{ext: f"results/charts/{chart}.{ext}" for ext in CHART_FORMATS if ext != "html"},
+    }
+
+
+def benchmark_patterns(wildcards):
+    """Every rule's benchmark path pattern, but this rule's own and those of the charts drawn from
+    its table (evaluated when the DAG is built, when every rule file is loaded)."""
+    after = {"runtime_table", *(f"chart_{chart}" for chart in RUNTIME_CHARTS)}
+    return {rule.name: str(rule.benchmark) for rule in workflow.rules if rule.benchmark and rule.name not in after}
+
+
+def charts_message():
+    note = f"Charts: results/charts/ ({len(CHARTS)} charts as HTML, PNG and SVG); LaTeX tables: results/tables/latex/"
+    return f"{note}\nReport (with the runtime of every job): make report, or snakemake report_files && snakemake --report {REPORT} report_files"

@@ -5,7 +5,7 @@ rule decomposition_table:
     input:
         unit_files,
     output:
-        expand("results/tables/decomposition.{ext}", ext=TABLE_FORMATS),
+        table_files("decomposition"),
     params:
         run_name=config["run_name"],
         demo=config["demo"],
@@ -28,7 +28,7 @@ rule intrinsic_dimension_table:
     input:
         id_files,
     output:
-        expand("results/tables/intrinsic_dimension.{ext}", ext=TABLE_FORMATS),
+        table_files("intrinsic_dimension"),
     params:
         run_name=config["run_name"],
         demo=config["demo"],
@@ -53,7 +53,7 @@ rule similarity_table:
     input:
         similarity_files,
     output:
-        expand("results/tables/similarity.{ext}", ext=TABLE_FORMATS),
+        table_files("similarity"),
     params:
         run_name=config["run_name"],
         demo=config["demo"],
@@ -78,7 +78,7 @@ rule training_table:
     input:
         training_files,
     output:
-        expand("results/tables/training.{ext}", ext=TABLE_FORMATS),
+        table_files("training"),
     params:
         run_name=config["run_name"],
         demo=config["demo"],

@@ -26,9 +26,21 @@ from residual.descriptions.describe import (
     description_datasets,
     selected_units,
 )
-from residual.descriptions.dictionary import Dictionary, DictionaryError, DictionarySource, check_source, fetch_texts, read_texts
+from residual.descriptions.dictionary import (
+    Dictionary,
+    DictionaryError,
+    DictionarySource,
+    check_source,
+    fetch_texts,
+    read_texts,
+)
 from residual.descriptions.somp import somp
-from residual.descriptions.table import descriptions_markdown, descriptions_table, no_text_tower_rows, write_descriptions
+from residual.descriptions.table import (
+    descriptions_markdown,
+    descriptions_table,
+    no_text_tower_rows,
+    write_descriptions,
+)
 from residual.descriptions.textspan import text_span
 from residual.spectral.pca import fit_pca, fit_unit_file
 from residual.units.layout import UnitLayout

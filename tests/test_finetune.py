@@ -16,7 +16,14 @@ from torch import Tensor
 
 from residual import load_model
 from residual.alignment.classifier import ZeroShotClassifier, class_mean_classifier
-from residual.alignment.finetune import FinetuneData, FinetuneOptions, FinetuneRuntime, _Augmented, finetune, tower_parameters
+from residual.alignment.finetune import (
+    FinetuneData,
+    FinetuneOptions,
+    FinetuneRuntime,
+    _Augmented,
+    finetune,
+    tower_parameters,
+)
 from residual.data.sources import load_source
 from residual.data.splits import split_table
 from residual.models import LoadedModel

@@ -18,7 +18,15 @@ from conftest import REPO
 
 from residual.alignment.classifier import ClassWeights, class_means_from_units
 from residual.config.validate import ConfigError, validate_config
-from residual.heads.scores import ScoreOptions, StreamingCorrelation, class_basis, ranks, save_means, score_heads, scores_table
+from residual.heads.scores import (
+    ScoreOptions,
+    StreamingCorrelation,
+    class_basis,
+    ranks,
+    save_means,
+    score_heads,
+    scores_table,
+)
 from residual.heads.selection import (
     ALL_HEADS,
     ALL_UNITS,

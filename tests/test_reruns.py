@@ -32,8 +32,17 @@ ONE_MODEL = {"unit_map": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "si
 NOTHING: dict[str, int] = {}
 
 
+# The charts and LaTeX tables drawn from each results table (rules/charts.smk) rerun with it.
+DRAWN = {
+    "intrinsic_dimension": ["chart_intrinsic_dimension_by_layer", "chart_intrinsic_dimension_ratio", "chart_intrinsic_dimension_heads",
+                            "latex_intrinsic_dimension"],
+    "similarity": ["chart_similarity_heads", "latex_similarity"],
+    "training": ["chart_accuracy_by_variant", "chart_accuracy_vs_parameters", "latex_main"],
+}  # fmt: skip
+
+
 def tables(*kinds: str) -> dict[str, int]:
-    return {**{f"{kind}_table": 1 for kind in kinds}, "all": 1}
+    return {**{f"{kind}_table": 1 for kind in kinds}, **{job: 1 for kind in kinds for job in DRAWN.get(kind, [])}, "all": 1}
 
 
 ALL_TABLES = tables("decomposition", "intrinsic_dimension", "similarity", "training")

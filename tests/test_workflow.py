@@ -35,6 +35,12 @@ def test_lint_is_clean(tmp_path, config: str) -> None:
     assert "Congratulations, your workflow is in a good condition" in run.stdout + run.stderr
 
 
+# One job per chart and per LaTeX table of `all` (rules/charts.smk).
+CHARTS = ["intrinsic_dimension_by_layer", "intrinsic_dimension_ratio", "intrinsic_dimension_heads", "similarity_heads",
+          "accuracy_by_variant", "accuracy_vs_parameters"]  # fmt: skip
+REPORT_JOBS = {**{f"chart_{chart}": 1 for chart in CHARTS}, **{f"latex_{table}": 1 for table in ("main", "similarity", "intrinsic_dimension")}}
+
+
 def test_paper_dag_plans_without_network(tmp_path) -> None:
     """config.yaml: 5 ViT-L models x 14 datasets x 3 splits, 13 datasets with files to fetch or check,
     11 task datasets x 6 variants trained on units and fine-tuned, 13 datasets compared with ImageNet,
@@ -65,6 +71,7 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "head_selection": 5 * 11,
         **{f"{kind}_table": 1 for kind in ("zeroshot", "head_scores", "head_selection", "head_overlap")},
         "main_table": 1,
+        **REPORT_JOBS,
         "all": 1,
     }
 
@@ -86,7 +93,8 @@ def test_demo_dag(tmp_path) -> None:
     tables = {f"{kind}_table": 1 for kind in kinds}
     descriptions = {"description_texts": 1, "encode_descriptions": 1, "describe_units": 1}  # clip_b32 only: DINOv2 has no text tower
     assert job_counts(run.stdout) == {
-        "split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, **descriptions, "all": 1
+        "split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, **descriptions,
+        **REPORT_JOBS, "all": 1,
     }  # fmt: skip
 
 

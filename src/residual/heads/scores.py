@@ -17,7 +17,7 @@ The val mean of every unit (for the `mean` ablation of the selections) comes out
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
