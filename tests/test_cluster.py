@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, results
 
 CLUSTER = REPO / "scripts/slurm-cluster.sh"
@@ -82,3 +83,17 @@ def test_slurm_profile_runs_every_remote_rule_as_a_slurm_job(cluster: None, tiny
     assert ours == {name: theirs[name] for name in ours}  # byte for byte
     stages = {"splits", "units", "pca", "intrinsic_dimension", "similarity", "classifiers", "train"}
     assert {name.split("/")[1] for name in ours} == stages
+
+
+def test_slurm_profile_asks_for_gpus_as_the_plugin_documents() -> None:
+    """GPUs through the `gpu` resource only (the plugin's --gpus; a --gres beside it is refused),
+    no --ntasks-per-gpu (a multi-GPU job would run once per GPU), runtimes that grow per retry."""
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["retries"] >= 1
+    resources = [profile["default-resources"], *profile["set-resources"].values()]
+    assert all("gres" not in values and "--gres" not in values.get("slurm_extra", "") for values in resources)
+    assert all("attempt" in values["runtime"] for values in resources)
+    gpu_rules = [values for values in profile["set-resources"].values() if values["slurm_partition"] != profile["default-resources"]["slurm_partition"]]
+    assert gpu_rules and all(values["tasks_per_gpu"] == 0 for values in gpu_rules)
+    workstation = yaml.safe_load((REPO / "profiles/workstation/config.yaml").read_text())
+    assert workstation["resources"] == {"gpu": 1}
