@@ -37,6 +37,7 @@ from tabulate import tabulate
 
 from residual.config.validate import load_config
 from residual.data.classnames import openai_classes, openai_templates
+from residual.models.text import has_text_tower
 from residual.units.layout import UnitLayout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,12 +154,12 @@ class Job:
             return self.wildcards[0]
         return self.wildcards[1] if len(self.wildcards) > 1 else None
 
-    @property
-    def kind(self) -> str:
-        """The rule, with text and class-mean classifiers apart (their work differs in kind)."""
-        if self.rule == "classifier":
-            return "classifier (text)" if ARCHS[self.wildcards[0]].text_layers else "classifier (class means)"
-        return self.rule
+
+def kind(job: Job, config: dict[str, Any]) -> str:
+    """The job's rule, with text and class-mean classifiers apart (their work differs in kind)."""
+    if job.rule == "classifier":
+        return "classifier (text)" if has_text_tower(config["models"][job.wildcards[0]]) else "classifier (class means)"
+    return job.rule
 
 
 def sizes(job: Job, config: dict[str, Any], splits: dict[str, int]) -> tuple[float, float, float]:
@@ -185,7 +186,7 @@ def sizes(job: Job, config: dict[str, Any], splits: dict[str, int]) -> tuple[flo
     if job.rule == "classifier":
         dataset = job.wildcards[1]
         classes = len(openai_classes(dataset))
-        if model.text_layers:
+        if has_text_tower(config["models"][job.wildcards[0]]):
             return classes * len(openai_templates(dataset)) * model.text_macs(), model.parameters(), classes * layout.out_dim
         return n * layout.out_dim, n * layout.out_dim, classes * layout.out_dim
     if job.rule == "train":
@@ -236,10 +237,10 @@ def median_rates(measured: dict[Job, dict[str, float]], run: Path, config: dict[
     per_rule: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for job, bench in measured.items():
         work, held, stored = sizes(job, config, run_splits(run, job.dataset) if job.dataset else {})
-        base = startup[job.kind]
-        per_rule[job.kind]["work"].append(max(bench["s"] - base["s"], 0.0) / work)
-        per_rule[job.kind]["held"].append(max(bench["max_rss"] - base["max_rss"], 0.0) / held)
-        per_rule[job.kind]["stored"].append(output_bytes(run, job) / stored)
+        base = startup[kind(job, config)]
+        per_rule[kind(job, config)]["work"].append(max(bench["s"] - base["s"], 0.0) / work)
+        per_rule[kind(job, config)]["held"].append(max(bench["max_rss"] - base["max_rss"], 0.0) / held)
+        per_rule[kind(job, config)]["stored"].append(output_bytes(run, job) / stored)
     return {rule: {key: statistics.median(values) for key, values in rates.items()} for rule, rates in per_rule.items()}
 
 
@@ -255,10 +256,11 @@ def main() -> None:
 
     demo_config = load_config(REPO / "configs/demo.yaml")
     paper = load_config(args.config)
+    tiny_config = load_config(REPO / "tests/configs/tiny.yaml")
     tiny = read_benchmarks(args.tiny)
     startup = {
-        kind: {key: statistics.median(bench[key] for job, bench in tiny.items() if job.kind == kind) for key in ("s", "max_rss")}
-        for kind in {job.kind for job in tiny}
+        name: {key: statistics.median(bench[key] for job, bench in tiny.items() if kind(job, tiny_config) == name) for key in ("s", "max_rss")}
+        for name in {kind(job, tiny_config) for job in tiny}
     }
     measured = read_benchmarks(args.demo)
     rates = median_rates(measured, args.demo, demo_config, startup)
@@ -270,11 +272,14 @@ def main() -> None:
 
     rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for job in paper_jobs(args.config):
-        work, held, stored = sizes(job, paper, paper_splits(paper, job.dataset) if job.dataset else {})
-        rate, base = rates[job.kind], startup[job.kind]
-        row = rows[job.kind]
+        name = kind(job, paper)
+        row = rows[name]
         row["jobs"] += 1
-        if job.rule in GPU_SECTION and paper[GPU_SECTION[job.rule]]["gpus"] > 0 and job.kind != "classifier (class means)":
+        if name not in rates:  # no demo job of this kind finished: reported as not measured
+            continue
+        work, held, stored = sizes(job, paper, paper_splits(paper, job.dataset) if job.dataset else {})
+        rate, base = rates[name], startup[name]
+        if job.rule in GPU_SECTION and paper[GPU_SECTION[job.rule]]["gpus"] > 0 and name != "classifier (class means)":
             row["gpu_h"] += (base["s"] + rate["work"] * work / speedup) / 3600
         else:
             row["cpu_h"] += (base["s"] + rate["work"] * work) / 3600
@@ -282,16 +287,17 @@ def main() -> None:
         row["disk_gb"] += rate["stored"] * stored / 1e9
 
     table = [
-        [STAGES[kind.split(" ")[0]], kind, int(row["jobs"]), round(row["gpu_h"], 1), round(row["cpu_h"], 1), round(row["peak_gb"], 1), round(row["disk_gb"], 1)]
+        [STAGES[kind.split(" ")[0]], kind, int(row["jobs"]), *(round(row[key], 1) if kind in rates else None for key in ("gpu_h", "cpu_h", "peak_gb", "disk_gb"))]
         for kind, row in sorted(rows.items(), key=lambda item: (list(STAGES).index(item[0].split(" ")[0]), item[0]))
     ]
-    totals = [sum(line[i] for line in table) for i in (2, 3, 4)] + [max(line[5] for line in table), sum(line[6] for line in table)]
-    table.append(["all", "", totals[0], round(totals[1], 1), round(totals[2], 1), round(totals[3], 1), round(totals[4], 1)])
+    measured_rows = [line for line in table if line[3] is not None]
+    totals = [sum(line[i] for line in measured_rows) for i in (3, 4)] + [max(line[5] for line in measured_rows), sum(line[6] for line in measured_rows)]
+    table.append(["all measured", "", sum(line[2] for line in table), *(round(total, 1) for total in totals)])
     headers = ["stage", "rule", "jobs", "GPU h", "CPU h", "peak GB/job", "disk GB"]
     note = (
         f"Measured CPU throughput on the demo's encode jobs: {2 * cpu_macs_per_s / 1e9:.1f} GFLOP/s; "
         f"GPU hours assume {args.gpu_tflops:g} effective TFLOP/s per GPU (x{speedup:.0f} the CPU). "
-        "Downloads and tables run on the login node and are not counted."
+        "Downloads and tables run on the login node and are not counted; empty rows: no demo job of that rule finished."
     )
     text = tabulate(table, headers=headers, tablefmt="github") + "\n\n" + note + "\n"
     print(text)

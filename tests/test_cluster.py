@@ -60,7 +60,7 @@ def job_state(job_id: str) -> str:
 def test_slurm_profile_runs_every_remote_rule_as_a_slurm_job(cluster: None, tiny_run: tuple[Path, str], tmp_path: Path) -> None:
     local, _ = tiny_run
     run = subprocess.run(
-        [*COMMAND, *NO_ACCOUNTING, *FAST_POLLING, "--directory", str(tmp_path), "--configfile", str(REPO / "tests/configs/tiny.yaml"), *TARGETS],
+        [*COMMAND, *TARGETS, *NO_ACCOUNTING, *FAST_POLLING, "--directory", str(tmp_path), "--configfile", str(REPO / "tests/configs/tiny.yaml")],
         capture_output=True,
         text=True,
         timeout=900,
