@@ -70,6 +70,9 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
+# Finished jobs stay visible to squeue and scontrol for an hour: the plugin's squeue status checks
+# and the test read their final state there (there is no accounting database to ask).
+MinJobAge=3600
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 # The same node: a job that asks for a GPU cannot run here, but the partition exists as on a cluster.

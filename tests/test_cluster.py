@@ -51,7 +51,7 @@ def cluster() -> Iterator[None]:
 
 
 def job_state(job_id: str) -> str:
-    """The job's state as the controller reports it (it keeps finished jobs for MinJobAge, 300 s)."""
+    """The job's state as the controller reports it (the test cluster keeps finished jobs an hour: MinJobAge)."""
     shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
     return re.search(r"JobState=(\w+)", shown).group(1)
 
