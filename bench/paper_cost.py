@@ -304,7 +304,8 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{args.name}.txt").write_text(text)
     record = {
-        "command": " ".join(sys.orig_argv),
+        # The runs' folder names only: their paths belong to the machine that made them.
+        "runs": {"demo": args.demo.name, "tiny": args.tiny.name, "config": args.config.name},
         "headers": headers,
         "rows": table,
         "cpu_gflops": 2 * cpu_macs_per_s / 1e9,
