@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv and run the offline demo end to end (CPU, no download)
-#   make test   set up .venv and run the test suite (what CI runs)
+#   make test   set up .venv and run the test suite (CI: .ci/run runs `make lint` and `make test`)
+#   make lint   ruff, snakefmt --check and snakemake --lint on every config
 #   make report run CONFIG's workflow with its charts and runtime, then build results/report.html
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,cluster,lint]'
 	touch $@
 
 demo: setup
@@ -32,8 +33,11 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/snakemake --lint --configfile configs/demo.yaml
-	$(BIN)/snakemake --lint --configfile config.yaml
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile rules/
+	for config in config.yaml configs/demo.yaml tests/configs/tiny.yaml; do \
+		$(BIN)/snakemake --lint --configfile $$config || exit 1; \
+	done
 
 # Differences per result between two completed run folders, or (conventions) the tiny config run
 # under the paper's and the published code's conventions (docs/conventions.md).

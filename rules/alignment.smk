@@ -16,7 +16,7 @@ rule classifier:
         "benchmarks/classifier/{model}/{dataset}.tsv"
     threads: ENCODE["threads"]
     resources:
-        mem_mb=ENCODE["mem_mb"],
+        mem_mb=per_attempt(ENCODE["mem_mb"]),
         # Text classifiers run the model's text tower (ImageNet: 1000 classes x 80 templates).
         gpu=lambda wildcards: ENCODE["gpus"] if has_text_tower(config["models"][wildcards.model]) else 0,
     conda:
@@ -46,7 +46,7 @@ rule train:
         "benchmarks/train/{model}/{dataset}/{variant}.tsv"
     threads: TRAINING["threads"]
     resources:
-        mem_mb=TRAINING["mem_mb"],
+        mem_mb=per_attempt(TRAINING["mem_mb"]),
         gpu=TRAINING["gpus"],
     conda:
         "../envs/residual.yaml"

@@ -85,6 +85,12 @@ wildcard_constraints:
     variant="|".join(variant for variant in VARIANTS if variant != FINETUNE) or "(?!)",
 
 
+def per_attempt(mem_mb):
+    """A job's memory (MB) times its attempt: a job killed for memory retries with more (`retries`
+    in profiles/slurm). Local rules (run by the login node itself) keep a fixed figure."""
+    return lambda wildcards, attempt: mem_mb * attempt
+
+
 def model_spec(wildcards):
     """What decides the model's weights (`residual.config.params.model_params`)."""
     return model_params(config["models"][wildcards.model])

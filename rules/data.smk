@@ -36,7 +36,7 @@ rule split:
         "benchmarks/split/{dataset}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=per_attempt(4000),
     conda:
         "../envs/residual.yaml"
     script:

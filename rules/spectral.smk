@@ -16,7 +16,7 @@ rule pca:
         version=PCA_FORMAT,
     threads: ANALYSIS["threads"]
     resources:
-        mem_mb=ANALYSIS["mem_mb"],
+        mem_mb=per_attempt(ANALYSIS["mem_mb"]),
         gpu=ANALYSIS["gpus"],
     conda:
         "../envs/residual.yaml"
@@ -44,7 +44,7 @@ rule intrinsic_dimension:
         "benchmarks/intrinsic_dimension/{model}/{dataset}.tsv"
     threads: ANALYSIS["threads"]
     resources:
-        mem_mb=ANALYSIS["mem_mb"],
+        mem_mb=per_attempt(ANALYSIS["mem_mb"]),
         gpu=ANALYSIS["gpus"],
     conda:
         "../envs/residual.yaml"
@@ -68,7 +68,7 @@ rule similarity:
         "benchmarks/similarity/{model}/{dataset}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=per_attempt(4000),
     conda:
         "../envs/residual.yaml"
     script:

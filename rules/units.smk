@@ -46,7 +46,7 @@ rule encode:
         "benchmarks/encode/{model}/{dataset}/{split}.tsv"
     threads: ENCODE["threads"]
     resources:
-        mem_mb=ENCODE["mem_mb"],
+        mem_mb=per_attempt(ENCODE["mem_mb"]),
         gpu=ENCODE["gpus"],
     conda:
         "../envs/residual.yaml"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,3 +99,20 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return workdir, run.stdout + run.stderr
+
+
+def digest(path: Path) -> str:
+    """sha256 of the file's bytes; of its metadata and tensors for safetensors files, whose header
+    lists the metadata in hash-map order (it differs between processes)."""
+    if path.suffix != ".safetensors":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    with safe_open(str(path), framework="pt") as handle:
+        hasher = hashlib.sha256(repr(sorted((handle.metadata() or {}).items())).encode())
+        for key in sorted(handle.keys()):
+            hasher.update(key.encode() + handle.get_tensor(key).numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def results(workdir: Path) -> dict[str, str]:
+    """Digests of every file under results/ (temporaries included, so leftovers show up)."""
+    return {str(path.relative_to(workdir)): digest(path) for path in sorted((workdir / "results").rglob("*")) if path.is_file()}

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import ast
-import hashlib
 import inspect
 import json
 import os
@@ -34,9 +33,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, digest, results
 from polars.testing import assert_frame_equal
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from residual import load_model, read_units
@@ -415,23 +413,6 @@ def slow_config() -> dict[str, Any]:
 TARGETS = [f"{UNITS}/{split}.parquet" for split in ("train", "val", "test")] + [
     f"results/tables/decomposition.{ext}" for ext in ("parquet", "csv", "md")
 ]
-
-
-def digest(path: Path) -> str:
-    """sha256 of the file's bytes; of its metadata and tensors for safetensors files, whose header
-    lists the metadata in hash-map order (it differs between processes)."""
-    if path.suffix != ".safetensors":
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    with safe_open(str(path), framework="pt") as handle:
-        hasher = hashlib.sha256(repr(sorted((handle.metadata() or {}).items())).encode())
-        for key in sorted(handle.keys()):
-            hasher.update(key.encode() + handle.get_tensor(key).numpy().tobytes())
-    return hasher.hexdigest()
-
-
-def results(workdir: Path) -> dict[str, str]:
-    """Digests of every file under results/ (temporaries included, so leftovers show up)."""
-    return {str(path.relative_to(workdir)): digest(path) for path in sorted((workdir / "results").rglob("*")) if path.is_file()}
 
 
 @pytest.fixture(scope="module")
