@@ -29,8 +29,6 @@ LATEX_FILES = expand("results/tables/latex/{table}.tex", table=LATEX_TABLES)
 REPORT = "results/report.html"
 
 
-
-
 for chart in CHARTS + RUNTIME_CHARTS:
 
     rule:
@@ -89,8 +87,6 @@ for name in LATEX_TABLES:
             "../envs/residual.yaml"
         script:
             "../workflow_scripts/paper_table.py"
-
-
 
 
 rule runtime_table:

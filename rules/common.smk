@@ -167,7 +167,9 @@ def tables_message():
 def table_files(kind, caption="table"):
     """A results table's files; its CSV (every row) goes into `snakemake --report`."""
     labels = {"table": kind, "format": "CSV"}
-    flagged = report(f"results/tables/{kind}.csv", caption=f"../report/captions/{caption}.rst", category="Tables", subcategory="results", labels=labels)
+    flagged = report(
+        f"results/tables/{kind}.csv", caption=f"../report/captions/{caption}.rst", category="Tables", subcategory="results", labels=labels
+    )
     return [flagged if ext == "csv" else f"results/tables/{kind}.{ext}" for ext in TABLE_FORMATS]
 
 

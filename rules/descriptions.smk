@@ -13,9 +13,7 @@ DESCRIPTION_FORMATS = list(dict.fromkeys([*TABLE_FORMATS, "tex"]))
 # A missing or empty local dictionary stops every run, dry runs included (a URL is checked when fetched).
 if workflow.is_main_process:
     check_source(DICTIONARY)
-DESCRIPTION_FILES = expand(
-    "results/descriptions/{model}/{dataset}.parquet", model=DESCRIBED_MODELS, dataset=description_datasets(config)
-)
+DESCRIPTION_FILES = expand("results/descriptions/{model}/{dataset}.parquet", model=DESCRIBED_MODELS, dataset=description_datasets(config))
 
 
 rule description_texts:
