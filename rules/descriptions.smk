@@ -54,7 +54,7 @@ rule encode_descriptions:
         "benchmarks/descriptions/{model}/dictionary.tsv"
     threads: ENCODE["threads"]
     resources:
-        mem_mb=ENCODE["mem_mb"],
+        mem_mb=per_attempt(ENCODE["mem_mb"]),
         gpu=ENCODE["gpus"],
     conda:
         "../envs/residual.yaml"
@@ -79,7 +79,7 @@ rule describe_units:
         "benchmarks/descriptions/{model}/{dataset}.tsv"
     threads: ANALYSIS["threads"]
     resources:
-        mem_mb=ANALYSIS["mem_mb"],
+        mem_mb=per_attempt(ANALYSIS["mem_mb"]),
         gpu=ANALYSIS["gpus"],
     conda:
         "../envs/residual.yaml"

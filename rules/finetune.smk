@@ -27,7 +27,7 @@ rule finetune:
         "benchmarks/finetune/{model}/{dataset}.tsv"
     threads: FINETUNING["threads"]
     resources:
-        mem_mb=FINETUNING["mem_mb"],
+        mem_mb=per_attempt(FINETUNING["mem_mb"]),
         gpu=FINETUNING["gpus"],
     conda:
         "../envs/residual.yaml"

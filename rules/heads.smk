@@ -35,7 +35,7 @@ rule zeroshot:
         "benchmarks/heads/{model}/{dataset}/zeroshot_{split}.tsv"
     threads: HEADS["threads"]
     resources:
-        mem_mb=HEADS["mem_mb"],
+        mem_mb=per_attempt(HEADS["mem_mb"]),
         gpu=HEADS["gpus"],
     conda:
         "../envs/residual.yaml"
@@ -60,7 +60,7 @@ rule head_scores:
         "benchmarks/heads/{model}/{dataset}/scores.tsv"
     threads: HEADS["threads"]
     resources:
-        mem_mb=HEADS["mem_mb"],
+        mem_mb=per_attempt(HEADS["mem_mb"]),
         gpu=HEADS["gpus"],
     conda:
         "../envs/residual.yaml"
@@ -86,7 +86,7 @@ rule head_selection:
         "benchmarks/heads/{model}/{dataset}/selection.tsv"
     threads: HEADS["threads"]
     resources:
-        mem_mb=HEADS["mem_mb"],
+        mem_mb=per_attempt(HEADS["mem_mb"]),
         gpu=HEADS["gpus"],
     conda:
         "../envs/residual.yaml"
