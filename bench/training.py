@@ -28,6 +28,7 @@ from residual import load_model, read_units
 from residual.alignment.classifier import ZeroShotClassifier, class_mean_classifier
 from residual.alignment.training import TrainSettings, train
 from residual.alignment.variants import SpectralReweighting, build_variant
+from residual.models import LoadedModel
 from residual.spectral.pca import fit_unit_file
 
 TARGET = 500.0
@@ -37,7 +38,7 @@ class GeneralReweighting(SpectralReweighting):
     """Not the exact type `logit_path` folds: trains on the general path, for comparison."""
 
 
-def bare_samples_per_second(model, batch: int, reps: int) -> list[float]:  # noqa: ANN001 - a LoadedModel
+def bare_samples_per_second(model: LoadedModel, batch: int, reps: int) -> list[float]:
     images = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
     rates = []
     with torch.no_grad():
