@@ -6,6 +6,10 @@ parameters hold the averaged iterate x that is evaluated and saved); batch 64; a
 epochs; early stopping on val accuracy with `patience`; the best epoch (first one on ties, as
 Lightning's ModelCheckpoint with `mode="max"`) is evaluated on test. `base` trains nothing.
 
+With raw logits the spectral variants train through `residual.alignment.logits.FoldedLogits`:
+the classifier folded into their basis, the same loss up to float rounding at a fraction of the
+cost per step.
+
 Determinism: epoch e's batch order comes from a generator seeded with (seed, e), so a run resumed
 from its checkpoint equals an uninterrupted one bit for bit on the CPU. The checkpoint
 (safetensors, written atomically after every epoch) holds the parameters, the optimizer state and
@@ -32,6 +36,7 @@ from torch import Tensor, nn
 
 from residual.alignment.classifier import ZeroShotClassifier
 from residual.alignment.features import Features
+from residual.alignment.logits import LogitPath, logit_path
 from residual.alignment.variants import trainable_parameters
 from residual.io.tensors import TensorFileError, open_tensors, save_tensors
 from residual.units.guards import NonFiniteError
@@ -113,6 +118,8 @@ def train(
     if settings.epochs < 1:
         raise ValueError(f"{settings.variant}: epochs must be at least 1, got {settings.epochs}")
     optimizer = make_optimizer(parameters, settings.lr)
+    path = logit_path(module, classifier)
+    train_split, val_split = path.prepare(features_train), path.prepare(features_val)
     digest = _digest(module, classifier, settings, (features_train, features_val, features_test))
     progress, best_state = Progress(), trainable_state(module)
     if checkpoint is not None and Path(checkpoint).is_file():
@@ -125,8 +132,8 @@ def train(
         set_mode(module, optimizer, training=True)
         total, seen = 0.0, 0
         for step, index in enumerate(epoch_batches(len(features_train), settings.batch_size, settings.seed, epoch), 1):
-            batch = features_train.select(index.to(features_train.labels.device))
-            loss = F.cross_entropy(classifier(module(batch)), batch.labels)
+            batch = train_split.select(index.to(train_split.labels.device))
+            loss = F.cross_entropy(path(batch), batch.labels)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise diverged(settings, epoch, step, f"the loss is {value}")
@@ -137,7 +144,7 @@ def train(
                 raise diverged(settings, epoch, step, "a parameter became NaN or Inf after the optimizer step")
             total, seen = total + value * len(index), seen + len(index)
         set_mode(module, optimizer, training=False)
-        val = accuracy(module, classifier, features_val, settings.eval_batch_size)
+        val = _accuracy(path, val_split, settings.eval_batch_size)
         progress.history.append({"epoch": epoch, "train_loss": total / seen, "val_accuracy": val})
         progress.epochs_done = epoch
         if val > progress.best_val:
@@ -150,7 +157,7 @@ def train(
             save_checkpoint(Path(checkpoint), digest, module, optimizer, best_state, progress)
     set_mode(module, optimizer, training=False)
     load_parameters(module, best_state)
-    test = accuracy(module, classifier, features_test, settings.eval_batch_size)
+    test = _accuracy(path, path.prepare(features_test), settings.eval_batch_size)
     return TrainResult(
         val_accuracy=progress.best_val,
         test_accuracy=test,
@@ -162,14 +169,19 @@ def train(
     )
 
 
-@torch.no_grad()
 def accuracy(module: nn.Module, classifier: ZeroShotClassifier, features: Features, batch_size: int) -> float:
     """Fraction of samples whose largest logit is their label (module in its current mode)."""
+    return _accuracy(LogitPath(module, classifier), features, batch_size)
+
+
+@torch.no_grad()
+def _accuracy(path: LogitPath, features: Features, batch_size: int) -> float:
+    """`accuracy` through a logit path, on features it prepared."""
     correct = 0
     for start in range(0, len(features), batch_size):
         index = torch.arange(start, min(start + batch_size, len(features)), device=features.labels.device)
         batch = features.select(index)
-        correct += int((classifier(module(batch)).argmax(dim=-1) == batch.labels).sum())
+        correct += int((path(batch).argmax(dim=-1) == batch.labels).sum())
     return correct / len(features)
 
 

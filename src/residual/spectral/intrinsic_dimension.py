@@ -18,9 +18,11 @@ import torch
 from torch import Tensor
 
 # Candidates kept per row by the fast distance search before the exact re-ranking picks two.
-# Two spares absorb the rounding of the matmul-based distances, which can swap near-equal ranks.
-CANDIDATES = 4
-VERSION = "intrinsic-dimension/2"  # bump when a change to the estimators or their table changes results
+# Six spares absorb the rounding of the matmul-based distances, which can swap near-equal ranks.
+CANDIDATES = 8
+# Bytes of one chunk's distance block [rows, n]: bounds the search's memory whatever n is.
+BLOCK_BYTES = 64 * 2**20
+VERSION = "intrinsic-dimension/3"  # bump when a change to the estimators or their table changes results
 
 
 def linear_id(eigenvalues: Tensor, total_variance: Tensor | float, threshold: float = 0.99) -> int:
@@ -68,7 +70,7 @@ class TwoNN:
     ties: int
 
 
-def two_nn(points: Tensor, fraction: float = 0.9, chunk_size: int = 4096) -> TwoNN:
+def two_nn(points: Tensor, fraction: float = 0.9, chunk_size: int | None = None) -> TwoNN:
     """TwoNN intrinsic dimension of `points` [n, d], on the device of `points`.
 
     Estimator (METHOD section 5; the authors' `twoNN` and DADApy's base algorithm):
@@ -84,10 +86,12 @@ def two_nn(points: Tensor, fraction: float = 0.9, chunk_size: int = 4096) -> Two
        `-log(1 - arange(1, n_eff + 1) / N)` (DADApy switches to its ML estimator at fraction 1).
     5. id = least-squares slope through the origin: sum(x * y) / sum(x * x), in float64.
 
-    Neighbour search: rows in chunks of `chunk_size`; torch.cdist on a centred copy (float32 or
-    wider) proposes the `CANDIDATES` nearest other points per row, whose distances are then
-    recomputed exactly as ||x_i - x_j|| in float64 from the original values and re-sorted. So
-    duplicates give r1 == 0 and symmetric configurations give r1 == r2 bit-exactly. Memory is
+    Neighbour search: rows in chunks of `chunk_size` (None: as many as fit `BLOCK_BYTES`); one
+    matrix product per chunk on a centred copy (float32 or wider) ranks the other points by
+    ||x_j||^2 - 2 x_i . x_j (the row's own norm does not change its ranking) and proposes the
+    `CANDIDATES` nearest, whose distances are then recomputed exactly as ||x_i - x_j|| in float64
+    from the original values and re-sorted. So duplicates give r1 == 0 and symmetric
+    configurations give r1 == r2 bit-exactly. Memory beyond the input: one centred copy plus
     O(chunk_size * n); the n x n matrix is never built. A true second neighbour is missed only if
     the search's rounding pushes it beyond the candidates, i.e. never in practice.
 
@@ -101,7 +105,7 @@ def two_nn(points: Tensor, fraction: float = 0.9, chunk_size: int = 4096) -> Two
     _check_points(points)
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if points.shape[0] < 3:
         return TwoNN(id=float("nan"), points=0, duplicates=0, ties=0)
@@ -118,24 +122,26 @@ def _check_points(points: Tensor) -> None:
         raise ValueError(f"{bad} of {points.shape[0]} rows hold NaN or Inf")
 
 
-def _two_nearest(points: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+def _two_nearest(points: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
     """r1, r2 [n] float64: exact distances from each row of `points` [n, d] to its two nearest other rows."""
     count = points.shape[0]
     search = points.to(torch.promote_types(points.dtype, torch.float32))
-    # cdist's matmul path loses precision with the points' norm, not their spread: centring
-    # keeps a unit with a large mean offset from scrambling its neighbour ranks.
+    # The product's rounding grows with the points' norm, not their spread: centring keeps a unit
+    # with a large mean offset (like emb) from scrambling its neighbour ranks.
     search = search - search.mean(dim=0)
-    exact = points.to(torch.float64)
+    norms = search.square().sum(dim=1)
+    rows_per_chunk = chunk_size or max(1, BLOCK_BYTES // (search.element_size() * count))
     candidates = min(CANDIDATES, count - 1)
     first, second = [], []
-    for start in range(0, count, chunk_size):
-        rows = torch.arange(start, min(start + chunk_size, count), device=points.device)
-        approximate = torch.cdist(search[rows], search)
+    for start in range(0, count, rows_per_chunk):
+        rows = torch.arange(start, min(start + rows_per_chunk, count), device=points.device)
+        ranking = torch.addmm(norms[None, :], search[rows], search.T, alpha=-2)  # [rows, n]
         # Exclude self by index, not by distance: an identical copy must remain a neighbour.
-        approximate[torch.arange(rows.numel(), device=points.device), rows] = torch.inf
-        nearest = approximate.topk(candidates, dim=1, largest=False).indices
-        distances = torch.linalg.vector_norm(exact[rows, None, :] - exact[nearest], dim=-1)
-        distances = distances.sort(dim=1).values
+        ranking[torch.arange(rows.numel(), device=points.device), rows] = torch.inf
+        nearest = ranking.topk(candidates, dim=1, largest=False).indices
+        del ranking  # free the block before the next one is allocated
+        differences = points[rows, None, :].to(torch.float64) - points[nearest].to(torch.float64)
+        distances = torch.linalg.vector_norm(differences, dim=-1).sort(dim=1).values
         first.append(distances[:, 0])
         second.append(distances[:, 1])
     return torch.cat(first), torch.cat(second)

@@ -56,6 +56,18 @@ class StoredUnits:
     sample_ids: Tensor
 
 
+@dataclass(frozen=True)
+class StoredBatch:
+    """Units as stored, before the unit map: values [b, G, w] float32 (G units of one stored width w,
+    the storage scale undone); ln_mean, ln_std, sample_ids [b]."""
+
+    names: list[str]
+    values: Tensor
+    ln_mean: Tensor
+    ln_std: Tensor
+    sample_ids: Tensor
+
+
 class UnitWriter:
     """Streams `RawUnits` batches into a Parquet file (the caller handles atomic renaming).
 
@@ -258,6 +270,27 @@ class UnitFile:
         try:
             for batch in self._file.iter_batches(batch_size=batch_size, columns=self._columns(names)):
                 yield self._convert(pa.Table.from_batches([batch]), names, unit_map)
+        except (pa.ArrowException, OSError) as error:
+            raise self._corrupt(error) from error
+
+    def iter_stored_batches(self, batch_size: int, units: Sequence[str]) -> Iterator[StoredBatch]:
+        """Consecutive batches of the selected units as stored (heads: raw dh values; emb and MLPs:
+        d_out values before the LayerNorm scale), for steps that work in those coordinates."""
+        names = self._select(units)
+        widths = {self.layout.stored_dim(name) for name in names}
+        if len(widths) != 1:
+            raise ValueError(f"units {names[:3]}... have different stored widths {sorted(widths)}; read heads and others apart")
+        exponents = [self._exponent(name) for name in names]
+        try:
+            for batch in self._file.iter_batches(batch_size=batch_size, columns=[*ROW_COLUMNS, *names]):
+                table = pa.Table.from_batches([batch])
+                yield StoredBatch(
+                    names=names,
+                    values=torch.stack([self._decode(table[name], e) for name, e in zip(names, exponents)], dim=1),
+                    ln_mean=torch.tensor(table["ln_mean"].to_numpy()),
+                    ln_std=torch.tensor(table["ln_std"].to_numpy()),
+                    sample_ids=torch.tensor(table["sample_id"].to_numpy()),
+                )
         except (pa.ArrowException, OSError) as error:
             raise self._corrupt(error) from error
 
