@@ -25,10 +25,13 @@ from residual.config.params import canonical, model_params, source_params, split
 TINY = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
 
 # The tiny run: 2 models (clip_tiny with a text tower, dino_tiny without), a task dataset (digits,
-# the reference) and an analysis dataset (random), 3 splits, 6 variants.
+# the reference) and an analysis dataset (random), 3 splits, 6 variants trained on units and one
+# fine-tuned, the head stage and the descriptions (of clip_tiny's units on digits).
 ENCODE_ALL = {"encode": 12, "pca": 4, "intrinsic_dimension": 4, "similarity": 2, "classifier": 1, "train": 12}
-
-ONE_MODEL = {"unit_map": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6}
+HEADS = {"zeroshot": 4, "head_scores": 2, "head_selection": 2}  # per model: val and test zero-shot, scores, selections
+HEAD_TABLES = ("zeroshot", "head_scores", "head_selection", "head_overlap")
+ONE_MODEL = {"unit_map": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6,
+             "finetune": 1, "zeroshot": 2, "head_scores": 1, "head_selection": 1}  # fmt: skip
 NOTHING: dict[str, int] = {}
 
 
@@ -37,7 +40,9 @@ DRAWN = {
     "intrinsic_dimension": ["chart_intrinsic_dimension_by_layer", "chart_intrinsic_dimension_ratio", "chart_intrinsic_dimension_heads",
                             "latex_intrinsic_dimension"],
     "similarity": ["chart_similarity_heads", "latex_similarity"],
-    "training": ["chart_accuracy_by_variant", "chart_accuracy_vs_parameters", "latex_main"],
+    "training": ["chart_accuracy_by_variant", "chart_accuracy_vs_parameters"],
+    "head_selection": ["chart_head_selection"],
+    "head_overlap": ["chart_head_overlap"],
 }  # fmt: skip
 
 
@@ -45,8 +50,13 @@ def tables(*kinds: str) -> dict[str, int]:
     return {**{f"{kind}_table": 1 for kind in kinds}, **{job: 1 for kind in kinds for job in DRAWN.get(kind, [])}, "all": 1}
 
 
-ALL_TABLES = tables("decomposition", "intrinsic_dimension", "similarity", "training")
-EVERYTHING = {"split": 2, "unit_map": 2, **ENCODE_ALL, "classifier": 2, **ALL_TABLES}
+# What a training run's result feeds: the training table and the main table (which reads the runs).
+TRAINED = ("training", "main")
+# What a change of every unit of a model feeds.
+DOWNSTREAM = ("decomposition", "intrinsic_dimension", "similarity", *TRAINED, *HEAD_TABLES)
+ALL_TABLES = tables(*DOWNSTREAM, "descriptions")
+DESCRIBED = {"describe_units": 1}
+EVERYTHING = {"split": 2, "unit_map": 2, **ENCODE_ALL, "classifier": 2, "finetune": 2, **HEADS, "encode_descriptions": 1, **DESCRIBED, **ALL_TABLES}
 
 
 def set_key(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -62,6 +72,17 @@ def set_key(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def every(*changes: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """All `changes` at once."""
+
+    def change(config: dict[str, Any]) -> None:
+        for one in changes:
+            one(config)
+
+    change.__name__ = " & ".join(one.__name__ for one in changes)
+    return change
+
+
 def sorted_keys(config: dict[str, Any]) -> None:
     """The same settings with every mapping's keys in sorted order (the file lists them otherwise)."""
     config.update(canonical(copy.deepcopy(config)))  # type: ignore[arg-type]
@@ -69,22 +90,21 @@ def sorted_keys(config: dict[str, Any]) -> None:
 
 CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
     # training: each key reruns the variants it applies to, then the training table.
-    (set_key("training.lr_residual", 0.5), {"train": 6, **tables("training")}),
-    (set_key("training.lr_adapter", 0.01), {"train": 4, **tables("training")}),
-    (set_key("training.lambda_init", "ones"), {"train": 10, **tables("training")}),
-    (set_key("training.lr_range_test", True), {"train": 10, **tables("training")}),
-    (set_key("training.batch_size", 32), {"train": 10, **tables("training")}),
-    (set_key("training.epochs", 4), {"train": 10, **tables("training")}),
-    (set_key("training.patience", 2), {"train": 10, **tables("training")}),
-    (set_key("training.logits", "normalized"), {"train": 12, **tables("training")}),
-    (set_key("training.class_means", "normalized"), {"classifier": 1, "train": 6, **tables("training")}),
-    (set_key("training.variants", ["base", "residual_fine"]), tables("training")),
-    (set_key("training.published_code", True), {"train": 4, **tables("training")}),  # residual_full, spectral_adapter
-    (set_key("training.head_rank", "d_head"), {"train": 2, **tables("training")}),  # residual_full
-    (set_key("training.feature_batch_size", 64), NOTHING),
-    (set_key("training.device", "auto"), NOTHING),
-    (set_key("training.threads", 2), NOTHING),
-    (set_key("training.mem_mb", 2000), NOTHING),
+    (set_key("training.lr_residual", 0.5), {"train": 6, **tables(*TRAINED)}),
+    (set_key("training.lr_adapter", 0.01), {"train": 4, **tables(*TRAINED)}),
+    (set_key("training.lambda_init", "ones"), {"train": 10, **tables(*TRAINED)}),
+    (set_key("training.lr_range_test", True), {"train": 10, **tables(*TRAINED)}),
+    (set_key("training.batch_size", 32), {"train": 10, **tables(*TRAINED)}),
+    (set_key("training.epochs", 4), {"train": 10, **tables(*TRAINED)}),
+    (set_key("training.patience", 2), {"train": 10, **tables(*TRAINED)}),
+    (set_key("training.logits", "normalized"), {"train": 12, "finetune": 2, **HEADS, **tables(*TRAINED, *HEAD_TABLES)}),
+    (
+        set_key("training.class_means", "normalized"),  # dino_tiny's classifier, and all that uses it
+        {"classifier": 1, "train": 6, "finetune": 1, "zeroshot": 2, "head_scores": 1, "head_selection": 1, **tables(*TRAINED, *HEAD_TABLES)},
+    ),
+    (set_key("training.variants", ["base", "residual_fine"]), tables(*TRAINED)),
+    (set_key("training.published_code", True), {"train": 4, **tables(*TRAINED)}),  # residual_full, spectral_adapter
+    (set_key("training.head_rank", "d_head"), {"train": 2, **tables(*TRAINED)}),  # residual_full
     # analysis
     (set_key("analysis.id_samples", 50), {"intrinsic_dimension": 4, **tables("intrinsic_dimension")}),
     (set_key("analysis.twonn_fraction", 0.8), {"intrinsic_dimension": 4, **tables("intrinsic_dimension")}),
@@ -92,51 +112,62 @@ CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
     (set_key("analysis.similarity_threshold", 0.8), {"similarity": 2, **tables("similarity")}),
     (set_key("analysis.id_datasets", ["digits"]), tables("intrinsic_dimension")),
     (set_key("analysis.linear_id_on", "id_sample"), {"intrinsic_dimension": 4, **tables("intrinsic_dimension")}),
-    (set_key("analysis.batch_size", 32), NOTHING),
-    (set_key("analysis.group_size", 3), NOTHING),
-    (set_key("analysis.device", "auto"), NOTHING),
-    (set_key("analysis.threads", 2), NOTHING),
     # encode: the storage precision changes every unit; batching and placement change nothing stored.
-    (set_key("encode.dtype", "float32"), {**ENCODE_ALL, **ALL_TABLES}),
-    (set_key("encode.ln_constants", "per_layer"), {"unit_map": 2, **ENCODE_ALL, **ALL_TABLES}),
-    (set_key("encode.batch_size", 4), NOTHING),
-    (set_key("encode.rows_per_group", 16), NOTHING),
-    (set_key("encode.workers", 1), NOTHING),
-    (set_key("encode.device", "auto"), NOTHING),
-    (set_key("encode.threads", 2), NOTHING),
-    (set_key("encode.gpus", 1), NOTHING),
+    (set_key("encode.dtype", "float32"), {**ENCODE_ALL, "finetune": 1, **HEADS, **DESCRIBED, **ALL_TABLES}),
+    (set_key("encode.ln_constants", "per_layer"), {"unit_map": 2, **ENCODE_ALL, "finetune": 1, **HEADS, **DESCRIBED, **ALL_TABLES}),
     # the run
     (set_key("seed", 7), EVERYTHING),
     (
         set_key("reference_dataset", "random"),
-        {"similarity": 2, "train": 12, **tables("similarity", "training")},
+        {"similarity": 2, "train": 12, **DESCRIBED, **tables("similarity", *TRAINED, "descriptions")},
     ),
     (set_key("run_name", "renamed"), ALL_TABLES),
     (set_key("demo", False), ALL_TABLES),
     (set_key("training.min_eval_samples", 10), tables("training")),
-    (sorted_keys, NOTHING),
     # models: what decides the weights reruns that model, from its unit map on.
-    (set_key("models.clip_tiny.kwargs.vision_cfg.layers", 1), {**ONE_MODEL, **ALL_TABLES}),
-    (set_key("models.dino_tiny.arch", "vit_small_patch14_dinov2"), {**ONE_MODEL, **ALL_TABLES}),
-    (set_key("models.dino_tiny.pretrained", "lvd142m"), {**ONE_MODEL, **ALL_TABLES}),
-    (set_key("models.dino_tiny.seed", 3), {**ONE_MODEL, **ALL_TABLES}),
+    (set_key("models.clip_tiny.kwargs.vision_cfg.layers", 1), {**ONE_MODEL, "encode_descriptions": 1, **DESCRIBED, **ALL_TABLES}),
+    (set_key("models.dino_tiny.arch", "vit_small_patch14_dinov2"), {**ONE_MODEL, **tables(*DOWNSTREAM)}),
+    (set_key("models.dino_tiny.pretrained", "lvd142m"), {**ONE_MODEL, **tables(*DOWNSTREAM)}),
+    (set_key("models.dino_tiny.seed", 3), {**ONE_MODEL, **tables(*DOWNSTREAM)}),
     # datasets: what decides the samples reruns that dataset, from its split on. The text
     # classifier depends on the class names only; the class-mean one on the train units.
     (
         set_key("datasets.digits.split.val", 0.2),
-        {"split": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 2, "classifier": 1, "train": 12}
-        | ALL_TABLES,
+        {"split": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 2, "classifier": 1, "train": 12,
+         "finetune": 2, **HEADS, **DESCRIBED} | ALL_TABLES,  # fmt: skip
     ),
     (
         set_key("datasets.digits.split.subset", 120),
-        {"split": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 2, "classifier": 1, "train": 12}
-        | ALL_TABLES,
+        {"split": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 2, "classifier": 1, "train": 12,
+         "finetune": 2, **HEADS, **DESCRIBED} | ALL_TABLES,  # fmt: skip
     ),
     (
         set_key("datasets.random.size", 30),
         {"split": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 2, **tables("decomposition", "intrinsic_dimension", "similarity")},
     ),
-    (set_key("datasets.random.download", False), NOTHING),
+    # Where and how fast jobs run, float rounding, `download`, key order: no output depends on
+    # them, so all of them at once plan nothing (one dry run: each costs seconds of imports).
+    (
+        every(
+            set_key("training.feature_batch_size", 64),
+            set_key("training.device", "auto"),
+            set_key("training.threads", 2),
+            set_key("training.mem_mb", 2000),
+            set_key("analysis.batch_size", 32),
+            set_key("analysis.group_size", 3),
+            set_key("analysis.device", "auto"),
+            set_key("analysis.threads", 2),
+            set_key("encode.batch_size", 4),
+            set_key("encode.rows_per_group", 16),
+            set_key("encode.workers", 1),
+            set_key("encode.device", "auto"),
+            set_key("encode.threads", 2),
+            set_key("encode.gpus", 1),
+            sorted_keys,
+            set_key("datasets.random.download", False),
+        ),
+        NOTHING,
+    ),
     (set_key("datasets.digits.role", "analysis"), NOTHING),  # no task left: the training table is no longer a target
 ]
 
