@@ -23,10 +23,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(MAKE) report CONFIG=configs/demo.yaml
 
-# `snakemake --report` cannot run jobs: the first command makes everything it shows.
+# `snakemake --report` cannot run jobs: the first command makes everything it shows. The target
+# comes first: `--configfile` takes every word after it.
 report: setup
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) report_files
-	$(BIN)/snakemake --configfile $(CONFIG) --report $(REPORT) report_files
+	$(BIN)/snakemake report_files --cores $(CORES) --configfile $(CONFIG)
+	$(BIN)/snakemake report_files --report $(REPORT) --configfile $(CONFIG)
 	@echo "Report (opens offline in a browser): $(abspath $(REPORT))"
 
 test: setup
