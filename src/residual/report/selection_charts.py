@@ -46,7 +46,7 @@ def selection_curves(table: pl.DataFrame, references: Sequence[str] = tuple(REFE
     y = alt.Y("accuracy:Q", title="test accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False))
     color = alt.Color("score:N", title="score", sort=scores, legend=alt.Legend(symbolOpacity=1, symbolType="stroke"))
     band = alt.Chart().transform_filter("datum.kind == 'curve' && datum.seeds > 1").mark_area(opacity=0.2).encode(
-        x=x, y="lowest:Q", y2="highest:Q", color=color
+        x=x, y="lowest:Q", y2="highest:Q", color=color, detail="ablation:N"  # one band per ablation, not one zigzag
     )
     lines = alt.Chart().transform_filter("datum.kind == 'curve'").mark_line(point=True).encode(
         x=x, y=y, color=color, strokeDash=dash,
@@ -56,8 +56,15 @@ def selection_curves(table: pl.DataFrame, references: Sequence[str] = tuple(REFE
     reference = alt.Chart().transform_filter("datum.kind == 'reference'").mark_rule(strokeDash=[6, 3], color="#444").encode(
         y="accuracy:Q", tooltip=["score:N", alt.Tooltip("accuracy:Q", format=".1%")]
     )
-    labels = alt.Chart().transform_filter("datum.kind == 'reference'").mark_text(align="left", dx=4, dy=-6, color="#444").encode(
-        y="accuracy:Q", text="score:N", x=alt.value(0)
+    # H at the left end of its rule, B at the right end: the two are often close.
+    label = f"datum.kind == 'reference' && datum.score == '{REFERENCES['H']}'"
+    labels = alt.layer(
+        alt.Chart().transform_filter(label).mark_text(align="left", dx=4, dy=-6, color="#444").encode(
+            y="accuracy:Q", text="score:N", x=alt.value(0)
+        ),
+        alt.Chart().transform_filter(f"datum.kind == 'reference' && datum.score != '{REFERENCES['H']}'").mark_text(
+            align="right", dx=-4, dy=-6, color="#444"
+        ).encode(y="accuracy:Q", text="score:N", x=alt.value(260)),
     )
     return alt.layer(band, lines, reference, labels).properties(width=260, height=200).facet(
         data=data,
