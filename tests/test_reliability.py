@@ -512,7 +512,9 @@ def test_killed_training_resumes_and_the_whole_run_equals_an_uninterrupted_one(t
     assert "resumed from" in (workdir / "logs/train/clip_tiny/digits/residual_full.log").read_text()
     assert_same_results(workdir, reference)
     tables = sorted(path.name for path in (reference / "results/tables").glob("*.parquet"))
-    assert tables == ["decomposition.parquet", "intrinsic_dimension.parquet", "similarity.parquet", "training.parquet"]
+    kinds = ["decomposition", "descriptions", "head_overlap", "head_scores", "head_selection", "intrinsic_dimension", "main",
+             "similarity", "training", "zeroshot"]  # fmt: skip
+    assert tables == [f"{kind}.parquet" for kind in kinds]
 
 
 ENCODE_ONE_SPLIT = """
