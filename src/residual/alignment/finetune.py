@@ -210,13 +210,8 @@ def finetune(
             total, seen = total + value * len(labels), seen + len(labels)
         set_mode(module, optimizer, training=False)
         val = image_accuracy(model, classifier, data.val, runtime)
-        progress.history.append({"epoch": epoch, "train_loss": total / seen, "val_accuracy": val})
-        progress.epochs_done = epoch
-        if val > progress.best_val:
-            progress.best_val, progress.best_epoch, progress.bad_epochs = val, epoch, 0
+        if progress.end_epoch(epoch, total / seen, val):
             best_state = trainable_state(module)
-        else:
-            progress.bad_epochs += 1
         log.info("%s epoch %d: train loss %.4f, val accuracy %.4f", FINETUNE, epoch, total / seen, val)
         if checkpoint is not None:
             save_checkpoint(Path(checkpoint), digest, module, optimizer, best_state, progress, FORMAT)

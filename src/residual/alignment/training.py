@@ -91,6 +91,17 @@ class Progress:
     bad_epochs: int = 0
     history: list[dict[str, float | int]] = field(default_factory=list)
 
+    def end_epoch(self, epoch: int, train_loss: float, val_accuracy: float) -> bool:
+        """Record a finished epoch; True when its val accuracy is the best so far (the first one on
+        ties), which resets the patience count."""
+        self.history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val_accuracy})
+        self.epochs_done = epoch
+        if val_accuracy > self.best_val:
+            self.best_val, self.best_epoch, self.bad_epochs = val_accuracy, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
 
 def train(
     module: nn.Module,
@@ -145,13 +156,8 @@ def train(
             total, seen = total + value * len(index), seen + len(index)
         set_mode(module, optimizer, training=False)
         val = _accuracy(path, val_split, settings.eval_batch_size)
-        progress.history.append({"epoch": epoch, "train_loss": total / seen, "val_accuracy": val})
-        progress.epochs_done = epoch
-        if val > progress.best_val:
-            progress.best_val, progress.best_epoch, progress.bad_epochs = val, epoch, 0
+        if progress.end_epoch(epoch, total / seen, val):
             best_state = trainable_state(module)
-        else:
-            progress.bad_epochs += 1
         log.info("%s epoch %d: train loss %.4f, val accuracy %.4f", settings.variant, epoch, total / seen, val)
         if checkpoint is not None:
             save_checkpoint(Path(checkpoint), digest, module, optimizer, best_state, progress)
