@@ -13,7 +13,7 @@ exp(logit_scale) ("normalized"). Their ViT/DINOv2 centroids are the plain class 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from residual.config.params import canonical, model_params, source_params
+from residual.config.params import RuleParams, model_params, source_params
 from residual.data.classnames import openai_templates
 from residual.data.sources import DatasetError, load_source
 from residual.io.tensors import open_tensors, save_tensors
@@ -105,7 +105,7 @@ def class_means_from_units(path: str | Path, classes: int, normalize: bool, batc
 
 
 @dataclass(frozen=True)
-class ClassifierSpec:
+class ClassifierSpec(RuleParams):
     """What a dataset's classifier for one model depends on, as a rule's params.
 
     source: the dataset's `source_params` (its class names and OpenAI templates); model: the
@@ -126,9 +126,6 @@ class ClassifierSpec:
             return cls(source, model_params(spec), None)
         return cls(source, None, config["training"]["class_means"])
 
-    def params(self) -> dict[str, Any]:
-        """As a rule's params (plain, canonical), the inverse of `ClassifierSpec(**params)`."""
-        return canonical(asdict(self))  # type: ignore[return-value]
 
 
 def build_classifier(

@@ -51,7 +51,7 @@ from residual.alignment.training import (
     set_mode,
     trainable_state,
 )
-from residual.config.params import canonical
+from residual.config.params import RuleParams
 from residual.data.sequences import Source
 from residual.data.splits import read_split, stratified_subset
 from residual.models import LoadedModel
@@ -66,7 +66,7 @@ VERSION = "finetune/1"  # bump when a change to this module changes the results 
 
 
 @dataclass(frozen=True)
-class FinetuneOptions:
+class FinetuneOptions(RuleParams):
     """The settings a fine-tuning result depends on (see the schema's `finetune` keys); `logits`
     is `training.logits` (the classifier's convention is shared with the variants), `seed` the
     run's. max_train_images: a stratified subset of the train split (None: all of it)."""
@@ -95,9 +95,6 @@ class FinetuneOptions:
             seed=config["seed"],
         )
 
-    def params(self) -> dict[str, Any]:
-        """As a rule's params (plain, canonical), the inverse of `FinetuneOptions(**params)`."""
-        return canonical(asdict(self))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

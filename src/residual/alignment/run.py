@@ -8,7 +8,7 @@ PCA of the same model (ResiDual's bases) and the dataset's classifier. The resul
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from residual.alignment.variants import (
     Init,
     build_variant,
 )
-from residual.config.params import canonical
+from residual.config.params import RuleParams
 from residual.data.sequences import SPLITS
 from residual.io.tensors import save_tensors
 from residual.report.tables import write_table
@@ -37,7 +37,7 @@ VERSION = "train/2"  # bump when a change to the training code changes its resul
 
 
 @dataclass(frozen=True)
-class TrainingOptions:
+class TrainingOptions(RuleParams):
     """The settings one variant's result depends on (see the schema for each `training` key).
 
     lr: the variant's own learning rate (`lr_residual` or `lr_adapter`, by `Variant.lr_key`).
@@ -82,9 +82,6 @@ class TrainingOptions:
             seed=config["seed"],
         )
 
-    def params(self) -> dict[str, Any]:
-        """As a rule's params (plain, canonical), the inverse of `TrainingOptions(**params)`."""
-        return canonical(asdict(self))  # type: ignore[return-value]
 
 
 def run_variant(

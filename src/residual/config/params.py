@@ -10,6 +10,7 @@ from the config by the workflow scripts, never passed as params.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,14 @@ def canonical(value: Any) -> Plain:
     if isinstance(value, (list, tuple)):
         return [canonical(item) for item in value]
     raise TypeError(f"{type(value).__name__} {value!r} is not a plain config value (None, bool, number, str, list or mapping)")
+
+
+class RuleParams:
+    """Base of the frozen dataclasses that travel as a rule's params: `params()` gives one as plain
+    values in canonical form, and `Class(**params)` rebuilds it in the rule's script."""
+
+    def params(self) -> dict[str, Plain]:
+        return canonical(dataclasses.asdict(self))  # type: ignore[call-overload, return-value]
 
 
 def pick(spec: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Plain]:

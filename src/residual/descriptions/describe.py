@@ -11,7 +11,7 @@ about d_head + 2 for a head), never the [n, d] outputs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from residual.config.params import Plain, canonical
+from residual.config.params import RuleParams
 from residual.descriptions.components import component_ends
 from residual.descriptions.dictionary import Dictionary
 from residual.descriptions.somp import somp
@@ -35,7 +35,7 @@ PCA_SPLIT = "train"  # the split the pca rule fits
 
 
 @dataclass(frozen=True)
-class DescriptionSettings:
+class DescriptionSettings(RuleParams):
     """What a unit's descriptions depend on, as a rule's params. split: the split described; units:
     N (the heads of the last N layers) or 'all' (every unit); rank: TextSpan's span; k: texts per
     method; components: principal components per unit; per_end: texts at each end of a component."""
@@ -52,9 +52,6 @@ class DescriptionSettings:
         entry = config["descriptions"]
         return cls(**{name: entry[name] for name in ("split", "units", "rank", "k", "components", "per_end")})
 
-    def params(self) -> dict[str, Plain]:
-        """As a rule's params (plain, canonical), the inverse of `DescriptionSettings(**params)`."""
-        return canonical(asdict(self))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

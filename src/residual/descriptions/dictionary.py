@@ -12,7 +12,7 @@ import hashlib
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from residual.config.params import Plain, canonical
+from residual.config.params import RuleParams
 from residual.config.validate import ConfigError
 from residual.io.atomic import atomic_path
 from residual.io.tensors import TensorFileError, open_tensors, save_tensors
@@ -42,7 +42,7 @@ class DictionaryFileError(TensorFileError):
 
 
 @dataclass(frozen=True)
-class DictionarySource:
+class DictionarySource(RuleParams):
     """Where the descriptions come from: `source` (path, `builtin:<name>` or URL) and the optional
     `sha256` of its bytes."""
 
@@ -54,8 +54,6 @@ class DictionarySource:
         entry = config["descriptions"]["dictionary"]
         return cls(entry["source"], entry["sha256"])
 
-    def params(self) -> dict[str, Plain]:
-        return canonical(asdict(self))  # type: ignore[return-value]
 
     @property
     def is_url(self) -> bool:

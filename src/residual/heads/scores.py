@@ -18,7 +18,7 @@ The val mean of every unit (for the `mean` ablation of the selections) comes out
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from residual.alignment.classifier import Logits
-from residual.config.params import canonical
+from residual.config.params import RuleParams
 from residual.heads.inputs import device_batches, task_classifier
 from residual.io.tensors import open_tensors, save_tensors
 from residual.units.layout import is_head, unit_coordinates
@@ -39,7 +39,7 @@ CONSTANT = 1e-12  # relative standard deviation below which a series counts as c
 
 
 @dataclass(frozen=True)
-class ScoreOptions:
+class ScoreOptions(RuleParams):
     """What the scores depend on: the score names (keys of SCORES), the seeds of the random
     scores, and the classifier's logit convention (`training.logits`)."""
 
@@ -57,9 +57,6 @@ class ScoreOptions:
         heads = config["heads"]
         return cls(list(heads["scores"]), list(heads["random_seeds"]), config["training"]["logits"])
 
-    def params(self) -> dict[str, Any]:
-        """As a rule's params (plain, canonical), the inverse of `ScoreOptions(**params)`."""
-        return canonical(asdict(self))  # type: ignore[return-value]
 
 
 class StreamingCorrelation:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import polars as pl
 import torch
 
 from residual.alignment.classifier import Logits
-from residual.config.params import canonical
+from residual.config.params import RuleParams
 from residual.config.validate import ConfigError
 from residual.heads.inputs import device_batches, task_classifier
 from residual.heads.scores import SCORES, load_means, ranking, score_keys
@@ -36,7 +36,7 @@ LABELS = {**SCORES, ALL_HEADS: "H", ALL_UNITS: "B"}  # score name -> the paper's
 
 
 @dataclass(frozen=True)
-class SelectionOptions:
+class SelectionOptions(RuleParams):
     """What the selections' accuracies depend on besides the scores file: the fractions of heads
     kept, the ablations of the other units, and the classifier's logit convention."""
 
@@ -57,9 +57,6 @@ class SelectionOptions:
         heads = config["heads"]
         return cls([float(f) for f in heads["fractions"]], list(heads["ablations"]), config["training"]["logits"])
 
-    def params(self) -> dict[str, Any]:
-        """As a rule's params (plain, canonical), the inverse of `SelectionOptions(**params)`."""
-        return canonical(asdict(self))  # type: ignore[return-value]
 
 
 def selection_size(fraction: float | None, heads: int) -> int:
