@@ -7,8 +7,10 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,19 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+@contextmanager
+def busy_neighbours(count: int) -> Iterator[None]:
+    """Run `count` processes that each keep one core busy, as the other jobs of a workflow run do,
+    for a measurement of how a method holds up when it does not have the machine to itself."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels so wall-clock timings cover the work (no-op on CPU)."""
     if device.type == "cuda":
@@ -54,7 +69,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     """What a timing depends on: interpreter, libraries, device, threads and the machine's load now."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
-        "command": shlex.join(sys.orig_argv),
+        "command": shlex.join(_portable(word) for word in sys.orig_argv),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": library_versions(),
@@ -64,6 +79,13 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_average": list(os.getloadavg()),
     }
+
+
+def _portable(word: str) -> str:
+    """A command-line word with the checkout's own folder taken off paths inside it, so that a result
+    file shows the command as run from the project root on any machine."""
+    root = str(Path(__file__).resolve().parents[1]) + os.sep
+    return word.removeprefix(root)
 
 
 def _cpu_name() -> str:

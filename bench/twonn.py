@@ -4,7 +4,8 @@ Points: n samples of a `--manifold`-dimensional curved manifold in d = 768 (tanh
 map of uniform latents) plus a constant offset, saved once as float32 .npy and read by every method
 (DADApy and scikit-dimension in float64, as they compute). Per n, repetitions are interleaved
 (project, dadapy, skdim, project, ...). Each run reports the seconds of the estimate alone and its
-peak memory above the process's own baseline (interpreter, libraries and the data loaded).
+peak memory above the process's own baseline (interpreter, libraries and the data loaded; the
+kernel's peak counter is reset to it just before the estimate, so loading cannot hide the estimate's peak).
 DADApy runs under `--dadapy-python`, a virtualenv holding it (it pins numpy < 2).
 
 Headlines: median(fastest peer) / median(project) at n >= 20,000, target >= 2; the project's peak

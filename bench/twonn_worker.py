@@ -1,5 +1,5 @@
 """One TwoNN estimate in a fresh process, for `twonn.py`: prints one JSON line with the seconds of
-the estimate alone, the estimate, and the process's peak resident memory before and after it.
+the estimate alone, the estimate, the process's resident memory before it and its peak during it.
 
 Runs under the project's interpreter (method `project`, `skdim`) or under a virtualenv holding
 DADApy (method `dadapy`, which pins numpy < 2), so it imports only what its method needs."""
@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
+from pathlib import Path
 
 import numpy as np
 
+STATUS = Path("/proc/self/status")
 
-def peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+def status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: peak resident), in bytes."""
+    for line in STATUS.read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024  # the kernel reports kB
+    raise KeyError(f"{STATUS} has no {field} line")
+
+
+def reset_peak() -> None:
+    """Make the peak resident size restart from the size now (Linux >= 4.0), so that the peak the
+    estimate reaches is not hidden by an earlier one (loading the data, importing libraries)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def main() -> None:
@@ -53,11 +65,13 @@ def main() -> None:
         def estimate() -> float:
             return float(skdim.id.TwoNN().fit(points).dimension_)
 
-    baseline = peak_bytes()
+    reset_peak()
+    baseline = status_bytes("VmRSS")
     start = time.perf_counter()
     value = estimate()
     seconds = time.perf_counter() - start
-    print(json.dumps({"method": args.method, "seconds": seconds, "id": value, "baseline_bytes": baseline, "peak_bytes": peak_bytes()}))
+    peak = status_bytes("VmHWM")
+    print(json.dumps({"method": args.method, "seconds": seconds, "id": value, "baseline_bytes": baseline, "peak_bytes": peak}))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from torch import Tensor
 # Candidates kept per row by the fast distance search before the exact re-ranking picks two.
 # Six spares absorb the rounding of the matmul-based distances, which can swap near-equal ranks.
 CANDIDATES = 8
-# Bytes of one chunk's distance block [rows, n]: bounds the search's memory whatever n is.
-BLOCK_BYTES = 64 * 2**20
+# Bytes of one square distance block: bounds the search's memory whatever n is. 16 MB (2,048 rows
+# of float32) stays near the cache, where transposing a block costs an eighth of its matrix product.
+BLOCK_BYTES = 16 * 2**20
 VERSION = "intrinsic-dimension/3"  # bump when a change to the estimators or their table changes results
 
 
@@ -86,14 +87,15 @@ def two_nn(points: Tensor, fraction: float = 0.9, chunk_size: int | None = None)
        `-log(1 - arange(1, n_eff + 1) / N)` (DADApy switches to its ML estimator at fraction 1).
     5. id = least-squares slope through the origin: sum(x * y) / sum(x * x), in float64.
 
-    Neighbour search: rows in chunks of `chunk_size` (None: as many as fit `BLOCK_BYTES`); one
-    matrix product per chunk on a centred copy (float32 or wider) ranks the other points by
-    ||x_j||^2 - 2 x_i . x_j (the row's own norm does not change its ranking) and proposes the
-    `CANDIDATES` nearest, whose distances are then recomputed exactly as ||x_i - x_j|| in float64
-    from the original values and re-sorted. So duplicates give r1 == 0 and symmetric
-    configurations give r1 == r2 bit-exactly. Memory beyond the input: one centred copy plus
-    O(chunk_size * n); the n x n matrix is never built. A true second neighbour is missed only if
-    the search's rounding pushes it beyond the candidates, i.e. never in practice.
+    Neighbour search: square blocks of the [n, n] distance matrix, `chunk_size` rows a side (None:
+    as many as fit `BLOCK_BYTES`), only those on and above the diagonal since it is symmetric. One
+    matrix product per block on a centred copy (float32 or wider) gives the squared distances
+    ||x_i||^2 + ||x_j||^2 - 2 x_i . x_j, and each row keeps the `CANDIDATES` nearest; their
+    distances are then recomputed exactly as ||x_i - x_j|| in float64 from the original values and
+    re-sorted. So duplicates give r1 == 0 and symmetric configurations give r1 == r2 bit-exactly.
+    Memory beyond the input: one centred copy, two blocks and O(n * CANDIDATES); the n x n matrix
+    is never built. A true second neighbour is missed only if the search's rounding pushes it
+    beyond the candidates, i.e. never in practice.
 
     Degenerate input never raises: fewer than 3 points, fewer than 3 usable points after dropping
     (e.g. a zero-variance unit where every point is a duplicate), or an empty fit gives
@@ -123,28 +125,74 @@ def _check_points(points: Tensor) -> None:
 
 
 def _two_nearest(points: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
-    """r1, r2 [n] float64: exact distances from each row of `points` [n, d] to its two nearest other rows."""
-    count = points.shape[0]
+    """r1, r2 [n] float64: exact distances from each row of `points` [n, d] to its two nearest other rows.
+
+    The squared distances are symmetric, so only the blocks on and above the diagonal of the
+    [n, n] matrix are computed: each block [a, b] proposes candidates both for its `a` rows (along
+    its rows) and for its `b` rows (along its columns), which halves the matrix products. Every
+    row keeps a running list of its `CANDIDATES` nearest proposals, merged block by block.
+    """
+    count, device = points.shape[0], points.device
     search = points.to(torch.promote_types(points.dtype, torch.float32))
     # The product's rounding grows with the points' norm, not their spread: centring keeps a unit
     # with a large mean offset (like emb) from scrambling its neighbour ranks.
     search = search - search.mean(dim=0)
-    norms = search.square().sum(dim=1)
-    rows_per_chunk = chunk_size or max(1, BLOCK_BYTES // (search.element_size() * count))
+    norms = torch.linalg.vector_norm(search, dim=1).square_()  # no [n, d] temporary
+    size = chunk_size or max(1, math.isqrt(BLOCK_BYTES // search.element_size()))
     candidates = min(CANDIDATES, count - 1)
-    first, second = [], []
+    best = torch.full((count, candidates), torch.inf, dtype=search.dtype, device=device)
+    best_index = torch.zeros((count, candidates), dtype=torch.long, device=device)
+
+    def propose(rows: slice, block: Tensor, first_column: int) -> None:
+        """Merge the nearest columns of block [rows, columns] into the rows' running candidates."""
+        values, indices = block.topk(min(candidates, block.shape[1]), dim=1, largest=False)
+        merged = torch.cat([best[rows], values], dim=1)
+        order = merged.topk(candidates, dim=1, largest=False).indices
+        best[rows] = merged.gather(1, order)
+        best_index[rows] = torch.cat([best_index[rows], indices + first_column], dim=1).gather(1, order)
+
+    # Two buffers reused by every block: fresh ones of changing shapes fragment the heap, and the
+    # process's resident size would grow with n instead of staying bounded by the block size.
+    buffer = torch.empty(size * min(size, count), dtype=search.dtype, device=device)
+    flipped = torch.empty_like(buffer)
+    starts = range(0, count, size)
+    for start in starts:
+        rows = slice(start, min(start + size, count))
+        for other in starts[start // size :]:
+            columns = slice(other, min(other + size, count))
+            shape = (rows.stop - rows.start, columns.stop - columns.start)
+            block = buffer[: shape[0] * shape[1]].view(shape)
+            torch.addmm(norms[columns][None, :], search[rows], search[columns].T, alpha=-2, out=block)
+            block += norms[rows][:, None]
+            if other == start:
+                # Exclude self by index, not by distance: an identical copy must remain a neighbour.
+                block.fill_diagonal_(torch.inf)
+            propose(rows, block, other)
+            if other != start:
+                # topk along a transposed view is 3x slower than a contiguous copy plus topk.
+                transposed = flipped[: shape[0] * shape[1]].view(shape[1], shape[0])
+                propose(columns, transposed.copy_(block.T), start)
+    return _exact_two_nearest(points, best_index)
+
+
+def _exact_two_nearest(points: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """r1, r2 [n] float64: the two smallest exact distances ||x_i - x_j|| over the candidates [n, c] of each row.
+
+    Rows go in chunks through two buffers allocated once, for the same reason as the search's.
+    """
+    count, width = candidates.shape
+    rows_per_chunk = min(count, max(1, BLOCK_BYTES // (8 * width * points.shape[1])))
+    gathered = torch.empty(rows_per_chunk * width, points.shape[1], dtype=points.dtype, device=points.device)
+    differences = torch.empty(rows_per_chunk * width, points.shape[1], dtype=torch.float64, device=points.device)
+    nearest = torch.empty(count, 2, dtype=torch.float64, device=points.device)
     for start in range(0, count, rows_per_chunk):
-        rows = torch.arange(start, min(start + rows_per_chunk, count), device=points.device)
-        ranking = torch.addmm(norms[None, :], search[rows], search.T, alpha=-2)  # [rows, n]
-        # Exclude self by index, not by distance: an identical copy must remain a neighbour.
-        ranking[torch.arange(rows.numel(), device=points.device), rows] = torch.inf
-        nearest = ranking.topk(candidates, dim=1, largest=False).indices
-        del ranking  # free the block before the next one is allocated
-        differences = points[rows, None, :].to(torch.float64) - points[nearest].to(torch.float64)
-        distances = torch.linalg.vector_norm(differences, dim=-1).sort(dim=1).values
-        first.append(distances[:, 0])
-        second.append(distances[:, 1])
-    return torch.cat(first), torch.cat(second)
+        rows = slice(start, min(start + rows_per_chunk, count))
+        size = (rows.stop - rows.start) * width
+        torch.index_select(points, 0, candidates[rows].reshape(-1), out=gathered[:size])
+        work = differences[:size].copy_(gathered[:size]).view(-1, width, points.shape[1])
+        work -= points[rows, None, :]  # promoted to float64 inside the kernel, no copy
+        nearest[rows] = torch.linalg.vector_norm(work, dim=-1).sort(dim=1).values[:, :2]
+    return nearest[:, 0], nearest[:, 1]
 
 
 def _fit(r1: Tensor, r2: Tensor, fraction: float) -> TwoNN:
