@@ -130,6 +130,14 @@ def replace_between_markers(path: Path, table: str) -> None:
     path.write_text(text[:start] + "\n" + table + text[end:])
 
 
+def save(name: str, differences: pl.DataFrame, args: argparse.Namespace, config: dict[str, Any]) -> None:
+    """<out-dir>/<name>.{parquet,csv,md}: every result's two values and difference, the summary in the .md."""
+    convention = CONVENTIONS[name]
+    title = f"{convention.key}: {convention.published} minus {convention.paper} ({args.config.name})"
+    outputs = [args.out_dir / f"{name}.{ext}" for ext in ("parquet", "csv", "md")]
+    write_table(differences, outputs, title, demo=bool(config.get("demo")), markdown=summarise(differences))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO / "tests/configs/tiny.yaml")
@@ -143,8 +151,11 @@ def main() -> None:
     parser.add_argument("--rerender", action="store_true", help="with --docs: rebuild the table from the tables in --out-dir, running nothing")
     args = parser.parse_args()
 
+    config = yaml.safe_load(args.config.read_text())
     if args.rerender:
         measured = {name: pl.read_parquet(args.out_dir / f"{name}.parquet") for name in CONVENTIONS}
+        for name, differences in measured.items():
+            save(name, differences, args, config)
         replace_between_markers(args.docs, docs_table(measured, args.config.name))
         return
 
@@ -154,7 +165,6 @@ def main() -> None:
         print(summarise(differences))
         return
 
-    config = yaml.safe_load(args.config.read_text())
     names = args.convention or list(CONVENTIONS)
     if args.docs and set(names) != set(CONVENTIONS):
         parser.error("--docs needs every convention (leave out --convention)")
@@ -171,9 +181,7 @@ def main() -> None:
         shutil.copytree(work / "paper", folder, symlinks=True)  # copy2 keeps mtimes: only dependent jobs rerun
         run(with_key(baseline, convention.key, convention.published), folder, args.cores)
         measured[name] = compare_runs(work / "paper", folder)
-        title = f"{convention.key}: {convention.published} minus {convention.paper} ({args.config.name})"
-        outputs = [args.out_dir / f"{name}.{ext}" for ext in ("parquet", "csv", "md")]
-        write_table(measured[name], outputs, title, demo=bool(config.get("demo")), markdown=summarise(measured[name]))
+        save(name, measured[name], args, config)
         print(f"{name}: {effect(measured[name], None)}")
     if args.docs:
         replace_between_markers(args.docs, docs_table(measured, args.config.name))

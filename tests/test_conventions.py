@@ -159,3 +159,18 @@ def test_compare_runs_tabulates_each_result(tmp_path) -> None:
     assert emb["difference"].item() == 0  # a null layer joins with a null layer
     summary = summarise(differences).filter(pl.col("metric") == "linear_id")
     assert (summary["results"].item(), summary["changed"].item(), summary["max_abs_difference"].item()) == (2, 1, 2.0)
+
+
+def test_float32_rounding_is_not_a_change() -> None:
+    """Result tables hold float32: two paths to the same value differ by ~1e-8 relative, which
+    must not count as an effect of a convention, while a real difference of 1e-5 does."""
+    differences = pl.DataFrame(
+        {
+            "table": ["intrinsic_dimension"] * 3,
+            "metric": ["first_evr"] * 3,
+            "first": [0.267893, 0.999863, 0.0],
+            "second": [0.267893 + 7.45e-9, 0.999873, 0.0],
+        }
+    ).with_columns((pl.col("second") - pl.col("first")).alias("difference"))
+    summary = summarise(differences)
+    assert (summary["results"].item(), summary["changed"].item()) == (3, 1)
