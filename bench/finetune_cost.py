@@ -33,6 +33,7 @@ from typing import Any
 import polars as pl
 import torch
 from common import add_model_arguments, environment, model_spec, report, set_threads, synchronize, table
+from resident_memory import status_bytes
 
 from residual import load_model
 from residual.alignment.classifier import ZeroShotClassifier
@@ -51,13 +52,6 @@ METHODS = ("finetune", "residual_full")
 VAL, TEST = 32, 16
 
 
-def resident_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status: CPU peak memory needs Linux")
-
-
 @contextmanager
 def peak_memory(device: torch.device) -> Iterator[dict[str, int]]:
     """{'peak_bytes': ...} filled on exit: torch's peak allocation on CUDA, else the peak resident
@@ -71,11 +65,11 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, int]]:
         synchronize(device)
         measured["peak_bytes"] = torch.cuda.max_memory_allocated(device) - start
         return
-    start, peak, done = resident_bytes(), [0], threading.Event()
+    start, peak, done = status_bytes("VmRSS"), [0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], resident_bytes())
+            peak[0] = max(peak[0], status_bytes("VmRSS"))
             time.sleep(0.005)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -85,7 +79,7 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, int]]:
     finally:
         done.set()
         thread.join()
-        measured["peak_bytes"] = max(peak[0], resident_bytes()) - start
+        measured["peak_bytes"] = max(peak[0], status_bytes("VmRSS")) - start
 
 
 def split_of(images: int, seed: int) -> pl.DataFrame:

@@ -133,10 +133,11 @@ def main() -> None:
                     into[method].append(time.perf_counter() - start)
 
         measure(args.methods, seconds)
-        loaded = [method for method in ("new", "previous") if method in args.methods] if args.neighbours else []
+        loaded = [method for method in ("new", "previous") if method in args.methods and args.neighbours]
         loaded_seconds: dict[str, list[float]] = {method: [] for method in loaded}
-        with busy_neighbours(args.neighbours if loaded else 0):
-            measure(loaded, loaded_seconds)
+        if loaded:
+            with busy_neighbours(args.neighbours):
+                measure(loaded, loaded_seconds)
     medians = {method: statistics.median(values) for method, values in seconds.items()}
     rows = [[method, "none", medians[method], min(values), max(values)] for method, values in seconds.items()]
     rows += [[method, f"{args.neighbours} busy", statistics.median(values), min(values), max(values)] for method, values in loaded_seconds.items()]

@@ -9,25 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
-
-STATUS = Path("/proc/self/status")
-
-
-def status_bytes(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: peak resident), in bytes."""
-    for line in STATUS.read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024  # the kernel reports kB
-    raise KeyError(f"{STATUS} has no {field} line")
-
-
-def reset_peak() -> None:
-    """Make the peak resident size restart from the size now (Linux >= 4.0), so that the peak the
-    estimate reaches is not hidden by an earlier one (loading the data, importing libraries)."""
-    Path("/proc/self/clear_refs").write_text("5")
+from resident_memory import reset_peak, status_bytes
 
 
 def main() -> None:

@@ -251,7 +251,7 @@ def fit_unit_file(
     `output` when include_output. Units are fitted `group_size` at a time, each group in one pass
     that reads only its columns: heads in their stored coordinates (`_fit_heads`; memory
     group_size x (dh + 2) x d float64 for their maps), emb, MLPs and `output` in output space
-    (memory group_size x d^2 float64)."""
+    (memory group_size x d^2 float64; `output` is read as one more unit of the last such group)."""
     unit_file = UnitFile(path)
     names = unit_file.names if units is None else list(units)
     source = f"unit file {unit_file.path}"
