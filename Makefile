@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(MAKE) report CONFIG=configs/demo.yaml
+	@cat results/tables/findings.md
 
 # `snakemake --report` cannot run jobs: the first command makes everything it shows. The target
 # comes first: `--configfile` takes every word after it.
@@ -36,7 +37,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check Snakefile rules/
-	for config in config.yaml configs/demo.yaml tests/configs/tiny.yaml; do \
+	for config in config.yaml configs/demo.yaml configs/architectures.yaml tests/configs/tiny.yaml; do \
 		$(BIN)/snakemake --lint --configfile $$config || exit 1; \
 	done
 

@@ -26,12 +26,15 @@ if not workflow.overwrite_configfiles:
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/pretrain.smk"
 include: "rules/units.smk"
 include: "rules/spectral.smk"
 include: "rules/descriptions.smk"
 include: "rules/alignment.smk"
 include: "rules/heads.smk"
 include: "rules/finetune.smk"
+include: "rules/world.smk"
+include: "rules/findings.smk"
 include: "rules/report.smk"
 include: "rules/charts.smk"
 

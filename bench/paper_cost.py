@@ -4,7 +4,7 @@ stage, from the benchmark files and outputs of a finished demo run and a finishe
 Per rule, a job's time is a fixed start-up plus a rate times the job's size:
 - start-up: the median job time of the rule on the tiny run (tests/configs/tiny.yaml), whose work
   takes milliseconds: interpreter, imports, model construction;
-- rate: the median over the demo run's jobs (configs/demo.yaml: ViT-B/32 and DINOv2-S/14 at 224 px,
+- rate: the median over the demo run's jobs (configs/architectures.yaml: ViT-B/32 and DINOv2-S/14 at 224 px,
   real widths and depths) of (seconds - start-up) / size;
 - size: what the job's work grows with (`work` below): images x forward MACs for encode, samples x
   units x d_out^2 for the float64 covariances of PCA, TwoNN sample^2 x units x d_out for intrinsic
@@ -246,7 +246,7 @@ def median_rates(measured: dict[Job, dict[str, float]], run: Path, config: dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--demo", type=Path, required=True, help="a finished run of configs/demo.yaml (its --directory)")
+    parser.add_argument("--demo", type=Path, required=True, help="a finished run of configs/architectures.yaml (its --directory)")
     parser.add_argument("--tiny", type=Path, required=True, help="a finished run of tests/configs/tiny.yaml")
     parser.add_argument("--config", type=Path, default=REPO / "config.yaml", help="the run to cost (default: the paper's)")
     parser.add_argument("--gpu-tflops", type=float, default=10.0, help="assumed effective float32 TFLOP/s of one GPU")
@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    demo_config = load_config(REPO / "configs/demo.yaml")
+    demo_config = load_config(REPO / "configs/architectures.yaml")
     paper = load_config(args.config)
     tiny_config = load_config(REPO / "tests/configs/tiny.yaml")
     tiny = read_benchmarks(args.tiny)

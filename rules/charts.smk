@@ -15,6 +15,7 @@ CHART_NAMES = [
     "head_overlap",
     "accuracy_by_variant",
     "accuracy_vs_parameters",
+    "head_attributes",
 ]
 # The main and head-selection tables write their own paper-layout .tex beside their other formats.
 LATEX_NAMES = ["similarity", "intrinsic_dimension"]

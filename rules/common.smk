@@ -14,6 +14,8 @@ from residual.config.validate import active_models, id_datasets, read_yaml, vali
 from residual.data.catalog import DATASETS as DATASETS_WITH_FILES
 from residual.data.sequences import SPLITS
 from residual.data.splits import VERSION as SPLIT_VERSION
+from residual.data.world import world_task_names
+from residual.models.pretrain import VERSION as PRETRAIN_VERSION
 from residual.models.text import has_text_tower
 from residual.report.main_table import VERSION as MAIN_TABLE_VERSION
 from residual.report.tables import VERSION as TABLES_VERSION
@@ -55,8 +57,14 @@ ENCODE = config["encode"]
 ANALYSIS = config["analysis"]
 TRAINING = config["training"]
 FINETUNING = config["finetune"]
+PRETRAINING = config["pretraining"]
+# Models the pipeline trains itself (`pretrain`): their weights are the pretrain rule's output.
+PRETRAINED = [name for name in MODELS if "pretrain" in config["models"][name]]
 REFERENCE = config["reference_dataset"]
 TASKS = [name for name, spec in config["datasets"].items() if spec["role"] == "task"]
+# The planted-attribute world's task datasets -> the attribute each classifies (residual.data.world):
+# their findings are measured against the truth (rules/world.smk, rules/findings.smk).
+WORLD_TASKS = {name: attribute for name, attribute in world_task_names(config["datasets"]).items() if name in TASKS}
 VARIANTS = TRAINING["variants"]
 # Every job that reads a unit file also reads its model's unit map (to return output space).
 UNIT_MAP = "results/units/{model}/unit_map.safetensors"
@@ -72,6 +80,7 @@ TABLE_KINDS = [
     *(["training"] if TASKS and VARIANTS else []),
     *(["zeroshot", "head_scores", "head_selection", "head_overlap"] if TASKS else []),
     *(["main"] if TASKS and VARIANTS else []),
+    *(["probes", "findings"] if WORLD_TASKS else []),
 ]
 TABLES = expand("results/tables/{table}.{ext}", table=TABLE_KINDS, ext=TABLE_FORMATS)
 TABLES += ["results/tables/main.tex"] if "main" in TABLE_KINDS else []
@@ -100,6 +109,8 @@ def local_weights(wildcards):
     """A model's local checkpoint files or folders (`pretrained`; for transformers also `arch`), so
     that replacing them reruns what depends on them."""
     spec = config["models"][wildcards.model]
+    if "pretrain" in spec:  # trained by the pipeline: the pretrain rule's output
+        return [spec["pretrained"]]
     candidates = [spec["pretrained"], spec["arch"] if spec["library"] == "transformers" else None]
     return [path for path in candidates if path and Path(path).exists()]
 

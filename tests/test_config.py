@@ -18,7 +18,7 @@ from residual.config.validate import (
 )
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "configs/demo.yaml", "tests/configs/tiny.yaml"])
+@pytest.mark.parametrize("path", ["config.yaml", "configs/demo.yaml", "configs/architectures.yaml", "tests/configs/tiny.yaml"])
 def test_shipped_configs_validate(path: str) -> None:
     config = load_config(REPO / path)
     assert config["encode"]["dtype"] in ("float16", "float32")
@@ -51,10 +51,10 @@ def test_imagenet_is_the_default_reference() -> None:
     ("edit", "message"),
     [
         (lambda c: c["encode"].update(batchsize=3), r"at `encode`.*'batchsize' was unexpected"),
-        (lambda c: c["models"]["clip_b32"].update(library="keras"), r"at `models.clip_b32.library`"),
+        (lambda c: c["models"]["world_clip"].update(library="keras"), r"at `models.world_clip.library`"),
         (lambda c: c["encode"].update(batch_size="64"), r"at `encode.batch_size`: '64' is not of type 'integer'"),
-        (lambda c: c["datasets"]["digits"]["split"].update(rule="holdout", val=None), r"at `datasets.digits.split.val`"),
-        (lambda c: c["datasets"]["digits"]["split"].pop("test"), r"'test' is a required property"),
+        (lambda c: c["datasets"]["random"]["split"].update(rule="holdout", val=None), r"at `datasets.random.split.val`"),
+        (lambda c: c["datasets"]["random"]["split"].pop("test"), r"'test' is a required property"),
     ],
 )
 def test_mistakes_name_the_key(edit, message: str) -> None:

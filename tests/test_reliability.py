@@ -156,7 +156,7 @@ def test_preflight_lists_every_problem_with_its_key(tmp_path: Path, no_network: 
     assert "appendix" not in message and message.startswith("config: the config names things that do not exist (10 problems)")
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "configs/demo.yaml", "tests/configs/tiny.yaml"])
+@pytest.mark.parametrize("path", ["config.yaml", "configs/demo.yaml", "configs/architectures.yaml", "tests/configs/tiny.yaml"])
 def test_shipped_configs_pass_preflight(path: str, no_network: None) -> None:
     check_config(load_config(REPO / path))
 

@@ -28,7 +28,7 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
-@pytest.mark.parametrize("config", ["config.yaml", "configs/demo.yaml", "tests/configs/tiny.yaml"])
+@pytest.mark.parametrize("config", ["config.yaml", "configs/demo.yaml", "configs/architectures.yaml", "tests/configs/tiny.yaml"])
 def test_lint_is_clean(tmp_path, config: str) -> None:
     run = snakemake(tmp_path, "--configfile", str(REPO / config), "--lint")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -84,17 +84,18 @@ def test_paper_dag_with_appendix_models(tmp_path) -> None:
 
 
 def test_demo_dag(tmp_path) -> None:
+    """The demo: one CLIP pretrained by the pipeline, the world (reference) with 4 attribute tasks, and random."""
     run = snakemake(tmp_path, "--configfile", str(REPO / "configs/demo.yaml"), "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
-    per_model = {"encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6, "finetune": 1,
-                 "zeroshot": 2, "head_scores": 1, "head_selection": 1}  # fmt: skip
+    tasks, datasets = 4, 6
     kinds = ("decomposition", "intrinsic_dimension", "similarity", "training", "main", "zeroshot", "head_scores",
-             "head_selection", "head_overlap", "descriptions")  # fmt: skip
-    tables = {f"{kind}_table": 1 for kind in kinds}
-    descriptions = {"description_texts": 1, "encode_descriptions": 1, "describe_units": 1}  # clip_b32 only: DINOv2 has no text tower
+             "head_selection", "head_overlap", "descriptions", "probes", "findings")  # fmt: skip
     assert job_counts(run.stdout) == {
-        "split": 2, "unit_map": 2, **{rule: 2 * n for rule, n in per_model.items()}, **tables, **descriptions,
-        **REPORT_JOBS, "all": 1,
+        "pretrain": 1, "split": datasets, "unit_map": 1, "encode": 3 * datasets, "pca": datasets, "intrinsic_dimension": 1,
+        "similarity": datasets - 1, "classifier": tasks, "train": 6 * tasks, "finetune": tasks, "zeroshot": 2 * tasks,
+        "head_scores": tasks, "head_selection": tasks, "probes": tasks, "head_halves": tasks,
+        "description_texts": 1, "encode_descriptions": 1, "describe_units": 1,
+        **{f"{kind}_table": 1 for kind in kinds}, **REPORT_JOBS, "chart_head_attributes": 1, "all": 1,
     }  # fmt: skip
 
 

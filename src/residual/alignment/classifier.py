@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from residual.config.params import RuleParams, model_params, source_params
-from residual.data.classnames import openai_templates
-from residual.data.sources import DatasetError, load_source
+from residual.data.sources import DatasetError, class_templates, load_source
 from residual.io.tensors import open_tensors, save_tensors
 from residual.models import LoadedModel, load_model
 from residual.models.text import has_text_tower, zero_shot_classifier
@@ -134,7 +133,8 @@ def build_classifier(
     """Dataset `dataset`'s classifier for model `model`: zero-shot text weights from OpenAI's class
     names and templates where the model has a text tower; else the class means of the train
     split's embeddings (the unit file `train_units`)."""
-    classes = load_source(dataset, spec.source).classes  # class names do not depend on the seed
+    source = load_source(dataset, spec.source)  # class names and templates do not depend on the seed
+    classes = source.classes
     if len(classes) < 2:
         raise DatasetError(
             f"dataset {dataset!r} is a task with {len(classes)} class ({classes}): classifying needs at least 2; "
@@ -146,5 +146,5 @@ def build_classifier(
         weights = class_means_from_units(train_units, len(classes), normalize=spec.class_means == "normalized")
         return ClassWeights(weights, classes, "class_means", DEFAULT_LOGIT_SCALE)
     loaded = load_model(spec.model, name=model, device=device)
-    weights = zero_shot_classifier(loaded, classes, openai_templates(spec.source["loader"]))
+    weights = zero_shot_classifier(loaded, classes, class_templates(source, spec.source))
     return ClassWeights(weights, classes, "text", model_logit_scale(loaded))

@@ -16,9 +16,9 @@ from typing import Any
 
 # The keys of a `models:` entry that decide the weights: everything but `appendix` (which only
 # selects the model) and the run-level defaults filled in by validation.
-MODEL_KEYS = ("library", "arch", "pretrained", "kwargs", "seed")
+MODEL_KEYS = ("library", "arch", "pretrained", "kwargs", "seed", "pretrain")
 # The keys of a `datasets:` entry that decide its images and labels (`download` and `role` do not).
-SOURCE_KEYS = ("loader", "root", "size")
+SOURCE_KEYS = ("loader", "root", "size", "attribute")
 
 Plain = None | bool | int | float | str | list["Plain"] | dict[str, "Plain"]
 

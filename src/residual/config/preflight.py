@@ -27,6 +27,7 @@ from residual.models import looks_like_path
 from residual.models.checkpoint import loading_kwargs
 
 BLIP_CLASS = "BlipForImageTextRetrieval"  # residual.models.blip_tower.ARCH, kept here to avoid importing transformers
+GENERATED_SIZES = ("random", "world")  # loaders whose image count is the entry's `size`
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -81,7 +82,7 @@ def _model_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
         return [f"{key}.kwargs: {depth!r} blocks; a vision transformer needs at least one block to decompose into units"]
     if library == "transformers":
         return _transformers_problems(key, arch, pretrained, spec.get("kwargs") or {})
-    if isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file():
+    if isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file() and "pretrain" not in spec:
         return [f"{key}.pretrained: checkpoint file {pretrained!r} does not exist; fix the path, or use null for random init"]
     if library == "open_clip":
         return _open_clip_problems(key, arch, pretrained)
@@ -109,8 +110,10 @@ def _dataset_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
         )
     if loader not in DATASETS and spec.get("root"):
         problems.append(f"{key}.root: loader {loader!r} reads no files (its data are generated), so `root` would be ignored; remove it")
-    if "size" in spec and loader != "random":
-        problems.append(f"{key}.size: only the 'random' loader takes a size; remove it (use split.subset to subsample)")
+    if "size" in spec and loader not in GENERATED_SIZES:
+        problems.append(f"{key}.size: only the {' and '.join(map(repr, GENERATED_SIZES))} loaders take a size; remove it (use split.subset to subsample)")
+    if spec.get("attribute") and loader != "world":
+        problems.append(f"{key}.attribute: only the 'world' loader has planted attributes; remove it")
     split = spec["split"]
     if split["rule"] == "resplit" and split["val"] + split["test"] >= 1:
         problems.append(

@@ -10,6 +10,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from residual.data.sequences import DatasetError
+from residual.data.world import expand_world_datasets
+
 SCHEMA = yaml.safe_load(files("residual.config").joinpath("schema.yaml").read_text())
 
 
@@ -75,6 +78,11 @@ def read_yaml(path: str | Path) -> Any:
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Validate `config` in place (filling defaults) and return it; raise ConfigError on the first problem."""
+    if isinstance(config.get("datasets"), dict):
+        try:
+            config["datasets"] = expand_world_datasets(config["datasets"])
+        except DatasetError as error:
+            raise ConfigError(f"{source}: {error}") from error
     errors = sorted(_Validator(SCHEMA).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
@@ -86,10 +94,30 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         raise ConfigError(f"{source}: at `{where}`: {error.message}{hint}")
     for name, model in config["models"].items():
         model.setdefault("seed", config["seed"])
+        if "pretrain" in model:
+            _pretrained_by_rule(name, model, source)
     if config["reference_dataset"] is None:
         config["reference_dataset"] = "imagenet" if "imagenet" in config["datasets"] else next(iter(config["datasets"]))
     _check_dataset_names(config, source)
     return config
+
+
+def pretrain_checkpoint(model: str) -> str:
+    """Where the `pretrain` rule writes model `model`'s weights (relative to the run's directory)."""
+    return f"results/pretrain/{model}.safetensors"
+
+
+def _pretrained_by_rule(name: str, model: dict[str, Any], source: str) -> None:
+    """A model trained by the pipeline takes its weights from the `pretrain` rule's checkpoint."""
+    checkpoint = pretrain_checkpoint(name)
+    if model["library"] != "open_clip":
+        raise ConfigError(f"{source}: at `models.{name}.pretrain`: only open_clip CLIPs are pretrained by the pipeline, not {model['library']!r}")
+    if model["pretrained"] not in (None, checkpoint):
+        raise ConfigError(
+            f"{source}: at `models.{name}.pretrained`: a model with `pretrain` takes its weights from the pretrain rule "
+            f"({checkpoint}); set `pretrained: null`, or remove `pretrain` to load {model['pretrained']!r}"
+        )
+    model["pretrained"] = checkpoint
 
 
 def _check_dataset_names(config: dict[str, Any], source: str) -> None:

@@ -30,11 +30,14 @@ class ImageSequence(Protocol):
 
 @dataclass(frozen=True)
 class Source:
-    """parts: official part name -> (image, label) sequence; classes: class names by label."""
+    """parts: official part name -> (image, label) sequence; classes: class names by label;
+    templates: the zero-shot prompt templates of a dataset that brings its own (the world's), None
+    for the paper's datasets (OpenAI's, `residual.data.classnames`)."""
 
     parts: Mapping[str, ImageSequence]
     classes: list[str]
     metadata: Mapping[str, Any] | None = None
+    templates: list[str] | None = None
 
     def labels(self, part: str) -> np.ndarray:
         """All labels of a part, [n] int64 (reads targets without decoding images where possible)."""

@@ -4,7 +4,8 @@ A loader turns one `datasets:` entry of the config into a `Source`: its official
 {'train': ..., 'test': ...}, or {'all': ...} when the dataset has no official split) and its class
 names. Items are PIL images, or `NoiseImage`s that are rendered at the model's input size.
 `LOADERS` names every loader: the paper's datasets (`catalog`, read from files under `root`) and
-two that need no files (scikit-learn's digits and the paper's "random" images).
+three that need no files (scikit-learn's digits, the paper's "random" images and the planted-attribute
+world of `residual.data.world`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from residual.data.catalog import DATASETS, load
+from residual.data.classnames import openai_templates
 from residual.data.sequences import (
     ArrayImages,
     DatasetError,
@@ -26,6 +28,7 @@ from residual.data.sequences import (
     NoiseImages,
     Source,
 )
+from residual.data.world import load_world_source
 
 __all__ = [
     "LOADERS",
@@ -37,6 +40,7 @@ __all__ = [
     "NoiseImage",
     "NoiseImages",
     "Source",
+    "class_templates",
     "load_source",
     "prepare",
 ]
@@ -77,6 +81,7 @@ LOADERS: dict[str, Loader] = {
     **{name: _catalog_loader(name) for name in DATASETS},
     "digits": load_digits_source,
     "random": load_random_source,
+    "world": load_world_source,
 }
 
 
@@ -87,6 +92,11 @@ def load_source(name: str, spec: Mapping[str, Any], seed: int = 0) -> Source:
         raise DatasetError(f"dataset {name!r}: unknown loader {loader!r}; known loaders: {sorted(LOADERS)}")
     root = Path(spec["root"]) if spec.get("root") else None
     return LOADERS[loader](spec, root, seed)
+
+
+def class_templates(source: Source, spec: Mapping[str, Any]) -> list[str]:
+    """The zero-shot prompt templates of a dataset: its own where its loader brings them, else OpenAI's."""
+    return source.templates if source.templates is not None else openai_templates(spec["loader"])
 
 
 def prepare(image: Any, preprocess: Callable[[Any], Tensor], size: tuple[int, int]) -> Tensor:

@@ -121,12 +121,23 @@ class HeadScores:
 
 @torch.no_grad()
 def score_heads(
-    unit_path: str | Path, classifier_path: str | Path, options: ScoreOptions, batch_size: int, device: torch.device | str
+    unit_path: str | Path,
+    classifier_path: str | Path,
+    options: ScoreOptions,
+    batch_size: int,
+    device: torch.device | str,
+    keep: Tensor | None = None,
 ) -> HeadScores:
     """Every score of `options` for every head of the val unit file, and every unit's val mean, in
     one streamed pass (memory per batch: batch_size x U x d floats, plus batch_size x n x d float64
-    for each correlation score)."""
+    for each correlation score). keep: [samples of the file] bool, the rows to score (all if None),
+    e.g. one half of the split (`residual.heads.halves`)."""
     unit_file = UnitFile(unit_path)
+    if keep is not None and (keep.dtype != torch.bool or keep.shape != (len(unit_file),)):
+        raise ValueError(
+            f"unit file {unit_path} holds {len(unit_file)} samples: the rows to keep must be a bool mask of that length, "
+            f"not {keep.dtype} of shape {tuple(keep.shape)}"
+        )
     classifier = task_classifier(classifier_path, options.logits, unit_file).to(device)
     classes, width = classifier.weights.shape
     names = unit_file.names
@@ -140,9 +151,14 @@ def score_heads(
     }
     correct = torch.zeros(heads, dtype=torch.long, device=device)
     sums = torch.zeros(len(names), width, dtype=torch.float64, device=device)
-    samples = 0
+    samples = offset = 0  # samples scored, rows read
     for batch in device_batches(unit_file, batch_size, device, "head scores", classes):
-        values = batch.values[:, head_index]  # [b, n, d]
+        units, labels = batch.values, batch.labels
+        if keep is not None:
+            kept = keep[offset : offset + len(labels)].to(device)
+            offset += len(labels)
+            units, labels = units[kept], labels[kept]
+        values = units[:, head_index]  # [b, n, d]
         total = values.sum(dim=1)  # [b, d], the sum of all heads
         for name, correlation in correlations.items():
             basis = bases[name]
@@ -151,11 +167,12 @@ def score_heads(
             else:
                 correlation.update(values.double() @ basis.T, total.double() @ basis.T)
         if "supervised" in options.scores:
-            correct += (classifier(values).argmax(-1) == batch.labels[:, None]).sum(dim=0)
-        sums += batch.values.sum(dim=0, dtype=torch.float64)
-        samples += len(batch.labels)
+            correct += (classifier(values).argmax(-1) == labels[:, None]).sum(dim=0)
+        sums += units.sum(dim=0, dtype=torch.float64)
+        samples += len(labels)
     if samples == 0:
-        raise ValueError(f"unit file {unit_path} holds no samples: head scores are undefined")
+        kept_note = " among the rows kept" if keep is not None else ""
+        raise ValueError(f"unit file {unit_path} holds no samples{kept_note}: head scores are undefined")
     scores: dict[tuple[str, int | None], Tensor] = {}
     for name in options.scores:
         if name in correlations:

@@ -14,6 +14,7 @@ import polars as pl
 
 from residual.report.accuracy_charts import accuracy_bars, accuracy_vs_parameters
 from residual.report.charts import styled
+from residual.report.probe_charts import head_attributes
 from residual.report.runtime import runtime_chart
 from residual.report.selection_charts import overlap_heatmaps, selection_curves
 from residual.report.spectral_charts import (
@@ -68,6 +69,10 @@ FIGURES = {
     "accuracy_vs_parameters": Figure(
         "training", "Test accuracy against trainable parameters",
         "Main results", "parameters", accuracy_vs_parameters,
+    ),
+    "head_attributes": Figure(
+        "probes", "The planted attribute each head reads best, shaded by its margin over chance",
+        "Ground truth", "per head", head_attributes,
     ),
     "runtime": Figure(
         "runtime", "Wall time and peak memory of every rule's jobs",
