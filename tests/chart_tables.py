@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 
 from residual.heads.selection import ALL_HEADS, ALL_UNITS, LABELS
+from residual.report.tables import with_keys
 
 SHAPES = {"model_a": (6, 4), "model_b": (4, 3)}  # layers, heads
 DATASETS = ["digits", "random"]
@@ -102,6 +103,29 @@ def runtime() -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+ATTRIBUTES = {"world_shape": ("shape", 6), "world_colour": ("colour", 6), "world_position": ("position", 4)}
+
+
+
+
+def probes_table() -> pl.DataFrame:
+    """A probes table of two models (3 x 2 and 2 x 3 heads) on three world tasks: each head reads
+    one task well (the task cycles over the heads), the others at chance."""
+    parts = []
+    for model, (layers, heads) in {"model_a": (3, 2), "model_b": (2, 3)}.items():
+        names = ["emb", *(f"head_{layer}_{head}" for layer in range(layers) for head in range(heads))]
+        for index, (dataset, (attribute, classes)) in enumerate(ATTRIBUTES.items()):
+            accuracy = [0.9 if position % len(ATTRIBUTES) == index else 1 / classes for position in range(len(names))]
+            rows = pl.DataFrame(
+                {"unit": names, "kind": ["emb"] + ["head"] * (len(names) - 1),
+                 "layer": [None] + [layer for layer in range(layers) for _ in range(heads)],
+                 "head": [None] + [head for _ in range(layers) for head in range(heads)],
+                 "component": [None] * len(names), "balanced_accuracy": accuracy, "chance": [1 / classes] * len(names)}
+            )  # fmt: skip
+            parts.append(with_keys(rows, model=model, dataset=dataset, attribute=attribute))
+    return pl.concat(parts, how="diagonal_relaxed")
+
+
 TABLES = {
     "intrinsic_dimension": intrinsic_dimension,
     "similarity": similarity,
@@ -109,4 +133,5 @@ TABLES = {
     "head_selection": head_selection,
     "head_overlap": head_overlap,
     "runtime": runtime,
+    "probes": probes_table,
 }

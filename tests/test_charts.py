@@ -65,6 +65,7 @@ def heads(table: pl.DataFrame) -> pl.DataFrame:
 # what each chart must draw: (mark type, how many items, from its synthetic table); a line's
 # items are its vertices
 EXPECTED_MARKS = {
+    "head_attributes": ("rect", lambda t: t.filter((pl.col("kind") == "head") & pl.col("component").is_null()).select("model", "unit").n_unique()),
     "intrinsic_dimension_by_layer": ("line", lambda t: 2 * heads(t).select("model", "dataset", "layer").n_unique()),
     "intrinsic_dimension_ratio": ("line", lambda t: heads(t).select("model", "dataset", "layer").n_unique()),
     "intrinsic_dimension_heads": ("rect", lambda t: 4 * heads(t).height),

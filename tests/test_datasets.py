@@ -88,7 +88,7 @@ def spec(name: str, root: Path) -> dict[str, Any]:
 
 
 def test_registry_holds_exactly_the_paper_loaders() -> None:
-    assert sorted(LOADERS) == sorted([*NAMES, "digits", "random"])
+    assert sorted(LOADERS) == sorted([*NAMES, "digits", "random", "world"])
 
 
 @pytest.mark.parametrize("name", NAMES)

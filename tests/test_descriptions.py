@@ -216,7 +216,7 @@ def test_missing_or_empty_dictionary_is_a_config_error(tmp_path: Path, write: by
         path.write_bytes(write)
     with pytest.raises(DictionaryError, match=message):
         check_source(DictionarySource(str(path)))
-    with pytest.raises(DictionaryError, match=r"no builtin list 'nope'; builtin lists: \['demo'\]"):
+    with pytest.raises(DictionaryError, match=r"no builtin list 'nope'; builtin lists: \['demo', 'world'\]"):
         check_source(DictionarySource("builtin:nope"))
 
 

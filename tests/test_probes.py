@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from chart_tables import probes_table
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import NearestCentroid
 from test_charts import data_marks, scenegraph, texts
@@ -18,7 +19,7 @@ from test_heads import LAYOUT, identity_map
 from residual.heads.probes import ProbeOptions, balanced_accuracy, best_attributes, probe_units, probes_summary
 from residual.report.figures import FIGURES, render
 from residual.report.probe_charts import NONE
-from residual.report.tables import DEMO_NOTE, with_keys
+from residual.report.tables import DEMO_NOTE
 from residual.spectral.pca import fit_unit_file
 from residual.units.decompose import RawUnits
 from residual.units.layout import OUTPUT
@@ -191,27 +192,6 @@ def test_options_out_of_range_are_refused(options: dict) -> None:
     with pytest.raises(ValueError, match="probes"):
         ProbeOptions(**options)
     assert ProbeOptions(**ProbeOptions(0.2, 4).params()) == ProbeOptions(0.2, 4)
-
-
-ATTRIBUTES = {"world_shape": ("shape", 6), "world_colour": ("colour", 6), "world_position": ("position", 4)}
-
-
-def probes_table() -> pl.DataFrame:
-    """A probes table of two models (3 x 2 and 2 x 3 heads) on three world tasks: each head reads
-    one task well (the task cycles over the heads), the others at chance."""
-    parts = []
-    for model, (layers, heads) in {"model_a": (3, 2), "model_b": (2, 3)}.items():
-        names = ["emb", *(f"head_{layer}_{head}" for layer in range(layers) for head in range(heads))]
-        for index, (dataset, (attribute, classes)) in enumerate(ATTRIBUTES.items()):
-            accuracy = [0.9 if position % len(ATTRIBUTES) == index else 1 / classes for position in range(len(names))]
-            rows = pl.DataFrame(
-                {"unit": names, "kind": ["emb"] + ["head"] * (len(names) - 1),
-                 "layer": [None] + [layer for layer in range(layers) for _ in range(heads)],
-                 "head": [None] + [head for _ in range(layers) for head in range(heads)],
-                 "component": [None] * len(names), "balanced_accuracy": accuracy, "chance": [1 / classes] * len(names)}
-            )  # fmt: skip
-            parts.append(with_keys(rows, model=model, dataset=dataset, attribute=attribute))
-    return pl.concat(parts, how="diagonal_relaxed")
 
 
 def test_each_unit_gets_the_task_it_reads_best_by_margin_over_chance() -> None:

@@ -148,7 +148,7 @@ def test_preflight_lists_every_problem_with_its_key(tmp_path: Path, no_network: 
         "models.blip_kwargs.kwargs: only arch 'BlipForImageTextRetrieval' takes kwargs",
         "datasets.typo.loader: unknown loader 'cifar1O' (did you mean 'cifar10'",
         "datasets.rootless.root: loader 'imagenet' reads files",
-        "datasets.sized.size: only the 'random' loader takes a size",
+        "datasets.sized.size: only the 'random' and 'world' loaders take a size",
         "datasets.greedy.split: val 0.5 + test 0.5 leaves nothing for train",
     ]:
         assert expected in message, message
