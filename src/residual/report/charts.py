@@ -15,7 +15,7 @@ import polars as pl
 
 from residual.io.atomic import atomic_path
 
-VERSION = "charts/1"  # bump when a change to a chart's code changes what it draws
+VERSION = "charts/2"  # bump when a change to a chart's code changes what it draws
 
 PNG_SCALE = 2  # pixels per Vega pixel: sharp on high-density screens and in slides
 FONT = "DejaVu Sans, Liberation Sans, Arial, sans-serif"
