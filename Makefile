@@ -43,6 +43,12 @@ lint: setup
 
 # Differences per result between two completed run folders, or (conventions) the tiny config run
 # under the paper's and the published code's conventions (docs/conventions.md).
+# Checked when the Makefile is read, so a call without the folders stops before any setup.
+ifneq ($(filter compare,$(MAKECMDGOALS)),)
+ifeq ($(and $(FIRST),$(SECOND)),)
+$(error make compare needs two completed run folders: make compare FIRST=run_a SECOND=run_b [OUT=differences.csv])
+endif
+endif
 compare: setup
 	$(BIN)/python bench/conventions.py --runs $(FIRST) $(SECOND) --out $(or $(OUT),differences.csv)
 

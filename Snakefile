@@ -37,6 +37,7 @@ include: "rules/world.smk"
 include: "rules/findings.smk"
 include: "rules/report.smk"
 include: "rules/charts.smk"
+include: "rules/maps.smk"
 
 
 report: "report/workflow.rst"

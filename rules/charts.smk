@@ -25,7 +25,11 @@ LATEX_TABLES = [name for name in LATEX_NAMES if PAPER_TABLES[name].table in TABL
 # The runtime table reads the benchmark file of every job of `all`, so it and its chart come after
 # them: they are made for the report (target `report_files`), not by `all`.
 RUNTIME_CHARTS = ["runtime"]
+# One picture of the head maps per model x task dataset (rules/maps.smk), beside the others: a file
+# name the report can show alone (names hold no '.', so the dots separate them).
+MAP_CHART = "results/charts/head_maps.{model}.{dataset}"
 CHART_FILES = expand("results/charts/{chart}.{ext}", chart=CHARTS, ext=CHART_FORMATS)
+CHART_FILES += expand(f"{MAP_CHART}.{{ext}}", model=MODELS, dataset=TASKS, ext=CHART_FORMATS)
 LATEX_FILES = expand("results/tables/latex/{table}.tex", table=LATEX_TABLES)
 REPORT = "results/report.html"
 

@@ -130,7 +130,8 @@ def has_files(spec):
 
 
 def dataset_ready(wildcards):
-    """The download marker for datasets that have files; nothing for generated ones (digits, random)."""
+    """The download marker for the catalog's datasets; nothing for generated ones (digits, random) or
+    your own images (nothing to fetch: preflight looks for their folder)."""
     return [f"results/downloads/{wildcards.dataset}.done"] if has_files(config["datasets"][wildcards.dataset]) else []
 
 
@@ -185,18 +186,20 @@ def table_files(kind, caption="table"):
 
 
 # Charts, LaTeX tables and runtime (rules/charts.smk).
-def chart_outputs(chart):
-    """The output files of one chart; the HTML (interactive, offline) goes into the report."""
+def chart_outputs(chart, stem=None, labels=None):
+    """The output files of one chart, `stem` plus each format's suffix (default results/charts/{chart});
+    the HTML (interactive, offline) goes into the report, with `labels` (default its title and table)."""
     figure = FIGURES[chart]
+    stem = stem or f"results/charts/{chart}"
     return {
         "html": report(
-            f"results/charts/{chart}.html",
+            f"{stem}.html",
             caption=f"../report/captions/{chart}.rst",
             category=figure.category,
             subcategory=figure.subcategory,
-            labels={"chart": figure.title, "table": figure.table},
+            labels=labels or {"chart": figure.title, "table": figure.table},
         ),
-        **{ext: f"results/charts/{chart}.{ext}" for ext in CHART_FORMATS if ext != "html"},
+        **{ext: f"{stem}.{ext}" for ext in CHART_FORMATS if ext != "html"},
     }
 
 

@@ -18,7 +18,7 @@ DESCRIPTION_FILES = expand("results/descriptions/{model}/{dataset}.parquet", mod
 
 rule description_texts:
     input:
-        [] if DICTIONARY.is_url else [str(DICTIONARY.local_path())],
+        DICTIONARY.input_files(),
     output:
         "results/descriptions/dictionary.txt",
     params:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import torch
 
+from residual.heads.maps import HeadMaps
 from residual.heads.selection import ALL_HEADS, ALL_UNITS, LABELS
+from residual.report.map_charts import map_cells
 from residual.report.tables import with_keys
 
 SHAPES = {"model_a": (6, 4), "model_b": (4, 3)}  # layers, heads
@@ -126,6 +129,34 @@ def probes_table() -> pl.DataFrame:
     return pl.concat(parts, how="diagonal_relaxed")
 
 
+def synthetic_maps(model: str = "model_a", dataset: str = "digits") -> HeadMaps:
+    """Maps of 2 heads (the class map and 2 components; head_1_0 has a single component) on 3 images
+    of 2 classes, a CLS token and a register before a 2 x 3 patch grid, seeded values."""
+    generator = torch.Generator().manual_seed(3)
+    return HeadMaps(
+        heads=["head_2_1", "head_1_0"],
+        maps=["class", "pc1", "pc2"],
+        classes=["zero", "one"],
+        values=torch.randn(3, 2, 3, 2 + 6, generator=generator),
+        offsets=torch.randn(3, 2, 3, generator=generator),
+        drawn=torch.tensor([[True, True, True], [True, True, False]]),
+        ratios=torch.tensor([[float("nan"), 0.5, 0.2], [float("nan"), 0.9, 0.0]]),
+        images=torch.randint(0, 256, (3, 12, 18, 3), generator=generator, dtype=torch.uint8),
+        labels=torch.tensor([0, 1, 1]),
+        predictions=torch.tensor([0, 0, 1]),
+        sample_ids=torch.tensor([4, 7, 9]),
+        prefix=("cls", "register_0"),
+        grid=(2, 3),
+        metadata={"model": model, "dataset": dataset},
+    )
+
+
+def head_maps() -> pl.DataFrame:
+    """The cells of two maps files (two models): TextSpan texts for one head of each."""
+    texts = {"head_2_1": ["TextSpan on digits:", "a photo of a zero", "a blurry digit"]}
+    return pl.concat([map_cells(synthetic_maps(model), texts) for model in ("model_a", "model_b")])
+
+
 TABLES = {
     "intrinsic_dimension": intrinsic_dimension,
     "similarity": similarity,
@@ -134,4 +165,5 @@ TABLES = {
     "head_overlap": head_overlap,
     "runtime": runtime,
     "probes": probes_table,
+    "head_maps": head_maps,
 }

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from torch import nn
 
@@ -116,3 +122,17 @@ def digest(path: Path) -> str:
 def results(workdir: Path) -> dict[str, str]:
     """Digests of every file under results/ (temporaries included, so leftovers show up)."""
     return {str(path.relative_to(workdir)): digest(path) for path in sorted((workdir / "results").rglob("*")) if path.is_file()}
+
+
+def planned(workdir: Path, config: dict[str, Any], scratch: Path, targets: Sequence[str] = (), checkout: Path = REPO) -> dict[str, int]:
+    """Jobs per rule that `snakemake -n` plans for `targets` (default: `all`) in `workdir` under `config`,
+    with the Snakefile of `checkout`."""
+    path = scratch / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "snakemake", "-s", str(checkout / "Snakefile"), "--directory", str(workdir), "--nolock", *targets]
+    run = subprocess.run([*command, "--configfile", str(path), "-n", "--quiet", "rules"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    if "Nothing to be done" in run.stdout + run.stderr:
+        return {}
+    table = run.stdout[run.stdout.index("job ") :].split("\n\n")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}

@@ -75,6 +75,7 @@ EXPECTED_MARKS = {
     "accuracy_by_variant": ("rect", lambda t: t.height),
     "accuracy_vs_parameters": ("symbol", lambda t: t.filter(pl.col("trainable_parameters") > 0).height),
     "runtime": ("rect", lambda t: 2 * t.with_columns(pl.col("model").fill_null("")).select("rule", "model").n_unique()),
+    "head_maps": ("image", lambda t: t.height),
 }
 
 

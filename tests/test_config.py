@@ -115,3 +115,34 @@ def test_training_mistakes_name_the_key(edit, message: str) -> None:
     edit(config)
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(run_name="x </script><img src=x onerror=alert(2)>"), r"at `run_name`: .* without '<'"),
+        (lambda c: c.update(run_name="run {x}"), r"at `run_name`: .* or braces"),
+        (lambda c: c.update(run_name="two\nlines"), r"at `run_name`: .* One line of text"),
+        (lambda c: c["heads"].update(scores=[]), r"at `heads\.scores`: \[\] should be non-empty"),
+        (lambda c: c["heads"].update(fractions=[]), r"at `heads\.fractions`: \[\] should be non-empty"),
+        (lambda c: c["analysis"].update(id_datasets=[]), r"at `analysis\.id_datasets`: \[\] should be non-empty; .*null means"),
+        (lambda c: c["descriptions"].update(datasets=[]), r"at `descriptions\.datasets`: \[\] should be non-empty"),
+        (lambda c: c["heads"].update(random_seeds=[]), r"at `heads\.random_seeds`: \[\] should be non-empty; the random score needs"),
+    ],
+    ids=["run name with a script", "run name with braces", "run name on two lines", "no scores", "no fractions",
+         "no id datasets", "no described datasets", "random without seeds"],
+)  # fmt: skip
+def test_settings_that_reach_html_or_make_no_sense_empty_are_refused(edit, message: str) -> None:
+    """A run name that Snakemake's report or its params would read as markup or wildcards, and a list
+    left empty where nothing could run, stop at the config check, naming the key."""
+    config = tiny_config()
+    edit(config)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_a_run_name_of_plain_punctuation_and_random_without_scores_of_it_are_accepted() -> None:
+    config = tiny_config()
+    config["run_name"] = "R&D \"q\" *b* `c`_ |d| [1]_ \\ $ % # ~ ^ Workflow_ &lt;img&gt; -->"
+    config["heads"].update(scores=["supervised"], random_seeds=[])
+    assert validate_config(config)["heads"]["random_seeds"] == []

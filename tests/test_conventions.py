@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
-from conftest import TINY_OPEN_CLIP, perturb
+from conftest import REPO, TINY_OPEN_CLIP, perturb
 from test_adapters import HEAD_RANK, HEADS, WIDTH, reference_of, toy_units
 
 from residual import load_model
@@ -159,6 +160,13 @@ def test_compare_runs_tabulates_each_result(tmp_path) -> None:
     assert emb["difference"].item() == 0  # a null layer joins with a null layer
     summary = summarise(differences).filter(pl.col("metric") == "linear_id")
     assert (summary["results"].item(), summary["changed"].item(), summary["max_abs_difference"].item()) == (2, 1, 2.0)
+
+
+def test_make_compare_without_its_run_folders_says_how_to_call_it() -> None:
+    """Not argparse's usage of the script behind it: one line with the make command, before any setup."""
+    run = subprocess.run(["make", "-n", "compare", "FIRST=run_a"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "make compare FIRST=run_a SECOND=run_b" in run.stderr
 
 
 def test_float32_rounding_is_not_a_change() -> None:

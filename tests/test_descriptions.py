@@ -38,6 +38,7 @@ from residual.descriptions.somp import somp
 from residual.descriptions.table import (
     descriptions_markdown,
     descriptions_table,
+    method_summary,
     no_text_tower_rows,
     write_descriptions,
 )
@@ -186,14 +187,16 @@ def test_selected_units() -> None:
 # Dictionary sources ---------------------------------------------------------------------------
 
 
-def test_dictionary_sources(tmp_path: Path) -> None:
-    lines = b"a photo of a dog\n\n  a red square  \na photo of a dog\n"
+def test_dictionary_sources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lines = b"a photo of a dog\n\n  a red square  \na photo of a dog\n a red square\n"
     (tmp_path / "list.txt").write_bytes(lines)
-    expected = ["a photo of a dog", "a red square", "a photo of a dog"]  # duplicates are kept: the methods handle them
+    expected = ["a photo of a dog", "a red square"]  # each text once, where it first appears
     digest = hashlib.sha256(lines).hexdigest()
     for source in (str(tmp_path / "list.txt"), (tmp_path / "list.txt").as_uri()):  # a path, a URL (downloaded once)
         output = tmp_path / "out" / "dictionary.txt"
+        caplog.clear()
         assert fetch_texts(DictionarySource(source, digest), output) == expected
+        assert "2 lines repeat an earlier one and are dropped; 2 descriptions remain" in caplog.text
         assert read_texts(output) == expected
     with pytest.raises(DictionaryError, match=r"descriptions\.dictionary\.sha256.*the config expects 00"):
         fetch_texts(DictionarySource((tmp_path / "list.txt").as_uri(), "00" * 32), tmp_path / "bad.txt")
@@ -262,6 +265,42 @@ def test_describe_unit_file_and_table(digit_units: dict[str, Path], tmp_path: Pa
     assert r"\begin{tabular}" in outputs[3].read_text()
 
 
+def test_fewer_texts_than_asked_for_are_stated_in_the_table(digit_units: dict[str, Path], tmp_path: Path) -> None:
+    """`k` and `per_end` above a 3-text dictionary: every method says in the table how many texts it
+    found and why; with a dictionary that explains nothing, each keeps one row, without a text, saying so."""
+    pca_path = tmp_path / "pca.safetensors"
+    fit_unit_file(digit_units["train"]).save(pca_path)
+    texts = ["a | b", "c", "d"]
+    dictionary = Dictionary(texts, F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(6)), dim=-1), {})
+    settings = DescriptionSettings(split="train", units=1, rank=80, k=5, components=1, per_end=4)
+    rows = describe_unit_file(digit_units["train"], pca_path, dictionary, settings, Streaming(batch_size=40, group_size=4))
+    notes = {method: set(group["note"]) for (method,), group in rows.group_by("method")}
+    assert notes == {
+        "textspan": {"TextSpan: 3 of the 5 texts asked for (`descriptions.k`): the dictionary has 3 texts"},
+        "somp": {"SOMP: 3 of the 5 texts asked for (`descriptions.k`): the dictionary has 3 texts"},
+        "component": {"component ends: 3 of the 4 texts asked for (`descriptions.per_end`): the dictionary has 3 texts"},
+    }
+    table = descriptions_table([write_part(rows, tmp_path)], "tiny", [])
+    markdown = descriptions_markdown(table, "Unit descriptions", demo=False)
+    assert r"> TextSpan: 3 of the 5 texts asked for (\`descriptions.k\`): the dictionary has 3 texts" in markdown
+    assert r"| a \| b " in markdown  # a text's '|' stays in its cell
+
+    flat = Dictionary(texts, torch.zeros(3, 32), {})  # nothing to explain with: no pick at all
+    rows = describe_unit_file(digit_units["train"], pca_path, flat, settings)
+    picks = rows.filter(pl.col("method") != "component")
+    assert picks.group_by("unit").len()["len"].unique().to_list() == [2] and picks["text"].null_count() == picks.height
+    none = "0 of the 5 texts asked for (`descriptions.k`): the dictionary has 3 texts"
+    assert set(picks["note"]) == {f"TextSpan: {none}", f"SOMP: {none}"}
+    assert method_summary(descriptions_table([write_part(rows, tmp_path)], "tiny", [])).is_empty()
+
+
+def write_part(rows: pl.DataFrame, folder: Path) -> Path:
+    """A describe job's file of `rows` (clip_tiny on digits, train)."""
+    path = folder / "part.parquet"
+    rows.with_columns(model=pl.lit("clip_tiny"), dataset=pl.lit("digits"), split=pl.lit("train")).write_parquet(path)
+    return path
+
+
 def test_a_table_of_models_without_text_tower_only() -> None:
     table = descriptions_table([], "run", ["vit", "dino"])
     assert table["model"].to_list() == ["vit", "dino"] and table["unit"].null_count() == 2
@@ -281,7 +320,11 @@ def test_config_defaults_and_mistakes() -> None:
     settings = DescriptionSettings.from_config(config)
     assert settings == DescriptionSettings(split="train", units=4, rank=80, k=3, components=3, per_end=3)
     assert DescriptionSettings(**settings.params()) == settings and description_datasets(config) == ["digits"]
-    assert DictionarySource.from_config(config) == DictionarySource("builtin:demo")
+    # A builtin list is a setting by its text, never by its path in the checkout (which may move).
+    shipped = (REPO / "src/residual/descriptions/texts/demo.txt").read_bytes()
+    source = DictionarySource.from_config(config)
+    assert source == DictionarySource("builtin:demo", hashlib.sha256(shipped).hexdigest()) and source.input_files() == []
+    assert DictionarySource("lists/mine.txt").input_files() == ["lists/mine.txt"]
     for edit, message in [
         (lambda c: c["descriptions"].update(datasets=["cifar10"]), r"at `descriptions\.datasets`: 'cifar10' is not one of"),
         (lambda c: c["descriptions"].update(units="some"), r"at `descriptions\.units`"),

@@ -3,10 +3,12 @@ after an interruption, and the paper's DAG planning one GPU job per model x task
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,9 +26,11 @@ from residual.alignment.finetune import (
     finetune,
     tower_parameters,
 )
+from residual.config.validate import ConfigError
 from residual.data.sources import load_source
 from residual.data.splits import split_table
 from residual.models import LoadedModel
+from residual.runtime.workflow import rule_context
 
 RUNTIME = FinetuneRuntime(bf16=False, eval_batch_size=64, workers=0)
 
@@ -67,6 +71,25 @@ def test_the_tower_is_what_the_embedding_depends_on(spec: dict, outside: str) ->
         assert set(names) == {name for name in every if name.startswith(outside)}
     else:  # the classifier head is unused: the embedding is the pooled CLS before it
         assert set(names) == {name for name in every if not name.startswith(outside)}
+
+
+@pytest.mark.parametrize("images", [1, 70])
+def test_a_train_image_budget_without_one_image_per_class_names_its_key(split_path: Path, images: int, tmp_path: Path) -> None:
+    """72 train images of 10 classes: a stratified draw of 1, or of 70 (which leaves 2 out), is
+    refused naming `finetune.max_train_images` and the range that works, not the split rule's keys,
+    and the job ends on that one line."""
+    model = load_model(TINY_DINOV2, device="cpu")
+    expected = r"at `finetune\.max_train_images`: .* each of its 10 classes .*give between 10 and 62, or null"
+    with pytest.raises(ConfigError, match=expected) as caught:
+        data_of(model, split_path, max_train_images=images)
+    assert "subset" not in str(caught.value)
+    job = SimpleNamespace(threads=1, log=[str(tmp_path / "job.log")], rule="finetune")
+    try:
+        with pytest.raises(SystemExit) as exited, rule_context(job):
+            data_of(model, split_path, max_train_images=images)
+    finally:
+        logging.getLogger().handlers.clear()  # rule_context configured logging into the job's log
+    assert str(exited.value) == str(caught.value)
 
 
 def test_one_step_changes_the_tower_and_lowers_the_loss(split_path: Path) -> None:

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from residual.report.main_table import MEAN, RATIO, caption, main_table, paper_layout
-from residual.report.tables import latex_escape, write_table
+from residual.report.tables import latex_escape, markdown_escape, write_table
 
 VARIANTS = ["base", "residual_fine", "residual_full", "residual_coarse", "spectral_adapter", "linear_adapter", "finetune"]
 LABELS = dict(zip(VARIANTS, ["zero-shot", "ResiDual*", "ResiDual", "Optimized", "spectral adapter", "linear adapter", "fine-tune"]))
@@ -92,7 +92,7 @@ def test_markdown_and_latex_are_laid_out_like_the_paper(tmp_path: Path, runs: pl
     assert pl.read_parquet(outputs[0]).equals(table)
 
     markdown = outputs[2].read_text()
-    assert "not the paper's" in markdown and all(f"| {label} " in markdown for label in LABELS.values())
+    assert "not the paper's" in markdown and all(f"| {markdown_escape(label)} " in markdown for label in LABELS.values())  # ResiDual\*
     assert re.search(r"^\| clip_l +\| trainable parameters +\| 0 +\| 9.9k .*\| 303.0M +\|$", markdown, re.M)
 
     latex = outputs[3].read_text()

@@ -161,6 +161,34 @@ def test_shipped_configs_pass_preflight(path: str, no_network: None) -> None:
     check_config(load_config(REPO / path))
 
 
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"library": "timm", "arch": "swin_tiny_patch4_window7_224"}, "SwinTransformer is not a plain timm VisionTransformer"),
+        ({"library": "timm", "arch": "vit_base_patch16_224", "kwargs": {"global_pool": "avg"}}, "this timm ViT pools with 'avg'"),
+        ({"library": "timm", "arch": "vit_medium_patch16_gap_256"}, "this timm ViT pools with 'avg'"),
+        ({"library": "open_clip", "arch": "RN50"}, "ModifiedResNet is not an open_clip VisionTransformer"),
+    ],
+    ids=["swin", "average pooling by kwargs", "average pooling by design", "open_clip ResNet"],
+)
+def test_architectures_that_do_not_decompose_stop_the_preflight(model: dict[str, Any], message: str, no_network: None) -> None:
+    """Found from the architecture alone (built without weights on the meta device), before any
+    job: the splits no longer run first."""
+    config = tiny()
+    config["models"] = {"odd": {**model, "pretrained": None}}
+    validate_config(config)
+    with pytest.raises(PreflightError, match=rf"models\.odd\.arch: '{model['arch']}' does not decompose into residual units: {message}"):
+        check_config(config)
+
+
+def test_kwargs_the_library_rejects_stop_the_preflight(no_network: None) -> None:
+    config = tiny()
+    config["models"]["dino_tiny"]["kwargs"]["depht"] = 2
+    validate_config(config)
+    with pytest.raises(PreflightError, match=r"models\.dino_tiny\.kwargs: timm rejects .*'depht'.*; fix `kwargs`"):
+        check_config(config)
+
+
 def test_missing_data_is_named_with_what_to_do(tmp_path: Path, no_network: None) -> None:
     config = tiny()
     config["models"]["blip"] = {"library": "transformers", "arch": "no-such-org/no-such-blip", "pretrained": None}

@@ -1,7 +1,8 @@
 """The report in a real browser: headless Chromium (Debian's package, installed by
 scripts/install-chromium.sh) opens the `snakemake --report` of a completed tiny run, the charts it
 holds, and a chart page, offline; the Vega views must have marks, the pages no JavaScript error,
-and the screenshots must not be blank."""
+and the screenshots must not be blank. Names and texts that HTML, reStructuredText or Vega would
+read as markup show as text, and no script they hold runs."""
 
 from __future__ import annotations
 
@@ -10,15 +11,24 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
+from html import unescape
+from html.parser import HTMLParser
 from pathlib import Path
 
+import altair as alt
+import polars as pl
 import pytest
+import yaml
 from chart_tables import TABLES
 from conftest import REPO
+from docutils.core import publish_parts
+from jinja2 import Environment
 from PIL import Image, ImageStat
 
-from residual.report.charts import save_chart
+from residual.config.validate import validate_config
+from residual.report.charts import save_chart, styled
 from residual.report.figures import render
 
 # Console lines Chromium logs for a page (`--enable-logging=stderr`): uncaught exceptions and
@@ -30,6 +40,14 @@ EMBEDDED_CHART = re.compile(r"data:text/html;charset=utf8;filename=([\w.-]+\.htm
 # "rect mark", "line mark", ... and the guides "axis", "legend", "title", "subtitle".
 DRAWN_ITEM = re.compile(r'role="graphics-symbol" aria-roledescription="([^"]+)"')
 GUIDES = {"axis", "legend", "title", "subtitle"}
+# Each would log this to the console if a page ran it.
+RAN = "hostile-ran"
+# A run name the config accepts (it refuses '<', braces and line breaks) that reStructuredText,
+# Snakemake's report and Markdown would each read as markup, or as an HTML tag once unescaped.
+HOSTILE_RUN_NAME = (
+    f"R&D \"q\" 'a' *b* `c`_ |d| [1]_ \\ $ % # ~ ^ Workflow_ :raw-html:`e` .. raw:: html "
+    f"&lt;img src=x onerror=console.log('{RAN}')&gt; javascript:console.log('{RAN}') --> ]]>"
+)
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +72,25 @@ class Page:
     def marks(self) -> int:
         """Items of data marks in the rendered SVG of the Vega views (not axes or legends)."""
         return sum(kind not in GUIDES for kind in DRAWN_ITEM.findall(self.dom))
+
+
+class Injected(HTMLParser):
+    """The elements of a page that could run a text's script: an event handler attribute, or a
+    link to RAN's code (a script's own text is not parsed for elements, as in a browser)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.elements: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if any(name.startswith("on") or (name in ("href", "src") and RAN in (value or "")) for name, value in attrs):
+            self.elements.append(self.get_starttag_text() or tag)
+
+
+def as_text(text: str) -> str:
+    """`text` as a text node of a page's serialised DOM (Chromium's --dump-dom)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def open_page(browser: str, path: Path, screenshot: Path) -> Page:
@@ -87,14 +124,53 @@ def test_a_saved_chart_renders_in_the_browser(chromium: str, tmp_path: Path) -> 
     assert page.marks == 4 * TABLES["intrinsic_dimension"]().filter(kind="head").height
 
 
+def test_a_chart_shows_hostile_text_as_text(chromium: str, tmp_path: Path) -> None:
+    """Text in a chart's data or title that would end its <script> element is drawn as text."""
+    hostile = f"</script><img src=x onerror=console.log('{RAN}')><!--<script>"
+    data = pl.DataFrame({"label": [hostile, "plain"], "value": [1.0, 2.0]})
+    chart = alt.Chart(data).mark_bar().encode(x=alt.X("label:N", axis=alt.Axis(labelLimit=0)), y="value:Q")
+    save_chart(styled(chart, hostile), [tmp_path / "chart.html"])
+    page = open_page(chromium, tmp_path / "chart.html", tmp_path / "chart.png")
+    assert_chart_rendered(page, "hostile")
+    assert not any(RAN in line for line in page.console) and not Injected(page.dom).elements
+    assert page.dom.count(as_text(hostile)) >= 2, "the title and the axis label show the text"
+
+
+def test_the_report_text_reads_config_values_as_text() -> None:
+    """The report's description and captions, rendered as Snakemake renders them (Jinja, then
+    reStructuredText to HTML, with its link targets appended), show the run's name and its model
+    and dataset names as text, whatever markup they hold."""
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["run_name"] = HOSTILE_RUN_NAME
+    config["models"] = {"m_": config["models"]["clip_tiny"], "Workflow_": config["models"]["dino_tiny"]}
+    config["datasets"]["digits__"] = config["datasets"].pop("digits")
+    config["reference_dataset"] = "digits__"
+    config["analysis"]["id_datasets"] = ["digits__"]
+    validate_config(config)
+    targets = textwrap.dedent("""
+
+        .. _Workflow: javascript:show_panel('workflow')
+    """)
+    for template in ("report/workflow.rst", "report/captions/similarity_heads.rst"):
+        text = Environment(trim_blocks=True, lstrip_blocks=True).from_string((REPO / template).read_text() + targets)
+        body = publish_parts(text.render(snakemake=type("Snakemake", (), {"config": config})), writer="html")["html_body"]
+        assert "system-message" not in body and "href=" not in body, body
+        assert "<tt class=\"docutils literal\">digits__</tt>" in body
+        if template == "report/workflow.rst":
+            assert [unescape(strong) for strong in re.findall(r"<strong>(.*?)</strong>", body)][0] == HOSTILE_RUN_NAME, body
+            assert "<tt class=\"docutils literal\">m_</tt>, <tt class=\"docutils literal\">Workflow_</tt>" in body
+
+
 @pytest.fixture(scope="module")
 def report(tiny_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`make report`'s two commands on a copy of the completed tiny run (the run itself is shared
-    read-only): the report's files (runtime table and chart), then the report."""
+    read-only), renamed HOSTILE_RUN_NAME: the report's files (runtime table and chart, and every
+    table again under the new name), then the report."""
     workdir = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(tiny_run[0], workdir, symlinks=True)
+    (workdir / "renamed.yaml").write_text(yaml.safe_dump({"run_name": HOSTILE_RUN_NAME}))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(REPO / "tests/configs/tiny.yaml")]  # fmt: skip
+               "--configfile", str(REPO / "tests/configs/tiny.yaml"), str(workdir / "renamed.yaml")]  # fmt: skip
     for args in (["--cores", "2", "report_files"], ["--report", "results/report.html", "report_files"]):
         run = subprocess.run([*command, *args], capture_output=True, text=True, timeout=600, cwd=workdir)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -117,3 +193,13 @@ def test_the_report_and_every_chart_it_holds_render_offline(chromium: str, repor
 
     runtime = (report.parent / "tables/runtime.md").read_text()
     assert "| encode" in runtime and "not the paper's" in runtime
+
+
+def test_the_report_shows_a_hostile_run_name_as_text(chromium: str, report: Path, tmp_path: Path) -> None:
+    """The run's name reaches the report's description and, through the tables' params, a script
+    element of Snakemake's: the page shows it as text and runs nothing it holds."""
+    page = open_page(chromium, report, tmp_path / "report.png")
+    assert not page.errors and not any(RAN in line for line in page.console), page.console
+    assert as_text(HOSTILE_RUN_NAME) in page.dom, "the description shows the name as it is"
+    assert not Injected(page.dom).elements and "System Message" not in page.dom
+    assert pl.read_csv(report.parent / "tables/decomposition.csv")["run"].unique().to_list() == [HOSTILE_RUN_NAME]

@@ -8,9 +8,8 @@ no other. Keys that change where or how fast a job runs, or only float rounding,
 from __future__ import annotations
 
 import copy
-import re
-import subprocess
-import sys
+import shutil
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, planned
 
 from residual.config.params import canonical, model_params, source_params, split_params
 
@@ -28,10 +27,11 @@ TINY = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
 # the reference) and an analysis dataset (random), 3 splits, 6 variants trained on units and one
 # fine-tuned, the head stage and the descriptions (of clip_tiny's units on digits).
 ENCODE_ALL = {"encode": 12, "pca": 4, "intrinsic_dimension": 4, "similarity": 2, "classifier": 1, "train": 12}
-HEADS = {"zeroshot": 4, "head_scores": 2, "head_selection": 2}  # per model: val and test zero-shot, scores, selections
+# Per model: val and test zero-shot, scores, selections, the maps of the selected heads and their picture.
+HEADS = {"zeroshot": 4, "head_scores": 2, "head_selection": 2, "head_maps": 2, "chart_head_maps": 2}
 HEAD_TABLES = ("zeroshot", "head_scores", "head_selection", "head_overlap")
 ONE_MODEL = {"unit_map": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6,
-             "finetune": 1, "zeroshot": 2, "head_scores": 1, "head_selection": 1}  # fmt: skip
+             "finetune": 1, "zeroshot": 2, "head_scores": 1, "head_selection": 1, "head_maps": 1, "chart_head_maps": 1}  # fmt: skip
 NOTHING: dict[str, int] = {}
 
 
@@ -43,11 +43,13 @@ DRAWN = {
     "training": ["chart_accuracy_by_variant", "chart_accuracy_vs_parameters"],
     "head_selection": ["chart_head_selection"],
     "head_overlap": ["chart_head_overlap"],
+    # The head maps' pictures (rules/maps.smk) show the heads' TextSpan texts: one per model x task dataset.
+    "descriptions": ["chart_head_maps"] * 2,
 }  # fmt: skip
 
 
 def tables(*kinds: str) -> dict[str, int]:
-    return {**{f"{kind}_table": 1 for kind in kinds}, **{job: 1 for kind in kinds for job in DRAWN.get(kind, [])}, "all": 1}
+    return {**{f"{kind}_table": 1 for kind in kinds}, **Counter(job for kind in kinds for job in DRAWN.get(kind, [])), "all": 1}
 
 
 # What a training run's result feeds: the training table and the main table (which reads the runs).
@@ -100,7 +102,8 @@ CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
     (set_key("training.logits", "normalized"), {"train": 12, "finetune": 2, **HEADS, **tables(*TRAINED, *HEAD_TABLES)}),
     (
         set_key("training.class_means", "normalized"),  # dino_tiny's classifier, and all that uses it
-        {"classifier": 1, "train": 6, "finetune": 1, "zeroshot": 2, "head_scores": 1, "head_selection": 1, **tables(*TRAINED, *HEAD_TABLES)},
+        {"classifier": 1, "train": 6, "finetune": 1, "zeroshot": 2, "head_scores": 1, "head_selection": 1, "head_maps": 1,
+         "chart_head_maps": 1, **tables(*TRAINED, *HEAD_TABLES)},  # fmt: skip
     ),
     (set_key("training.variants", ["base", "residual_fine"]), tables(*TRAINED)),
     (set_key("training.published_code", True), {"train": 4, **tables(*TRAINED)}),  # residual_full, spectral_adapter
@@ -112,6 +115,9 @@ CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
     (set_key("analysis.similarity_threshold", 0.8), {"similarity": 2, **tables("similarity")}),
     (set_key("analysis.id_datasets", ["digits"]), tables("intrinsic_dimension")),
     (set_key("analysis.linear_id_on", "id_sample"), {"intrinsic_dimension": 4, **tables("intrinsic_dimension")}),
+    # maps: what the maps show reruns them and their pictures (the table fraction also the tables it summarises).
+    (set_key("maps.components", 1), {"head_maps": 2, "chart_head_maps": 2, "all": 1}),
+    (set_key("heads.table_fraction", 0.1), {"head_maps": 2, "chart_head_maps": 2, **tables("head_selection", "head_overlap")}),
     # encode: the storage precision changes every unit; batching and placement change nothing stored.
     (set_key("encode.dtype", "float32"), {**ENCODE_ALL, "finetune": 1, **HEADS, **DESCRIBED, **ALL_TABLES}),
     (set_key("encode.ln_constants", "per_layer"), {"unit_map": 2, **ENCODE_ALL, "finetune": 1, **HEADS, **DESCRIBED, **ALL_TABLES}),
@@ -163,6 +169,7 @@ CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
             set_key("encode.device", "auto"),
             set_key("encode.threads", 2),
             set_key("encode.gpus", 1),
+            set_key("maps.batch_size", 2),
             sorted_keys,
             set_key("datasets.random.download", False),
         ),
@@ -170,19 +177,6 @@ CASES: list[tuple[Callable[[dict[str, Any]], None], dict[str, int]]] = [
     ),
     (set_key("datasets.digits.role", "analysis"), NOTHING),  # no task left: the training table is no longer a target
 ]
-
-
-def planned(workdir: Path, config: dict[str, Any], scratch: Path) -> dict[str, int]:
-    """Jobs per rule that `snakemake -n` plans in `workdir` under `config`."""
-    path = scratch / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--nolock"]
-    run = subprocess.run([*command, "--configfile", str(path), "-n", "--quiet", "rules"], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    if "Nothing to be done" in run.stdout + run.stderr:
-        return {}
-    table = run.stdout[run.stdout.index("job ") :].split("\n\n")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
 def test_reruns_follow_exactly_the_settings_each_output_depends_on(tiny_run: tuple[Path, str], tmp_path: Path) -> None:
@@ -200,6 +194,26 @@ def test_reruns_follow_exactly_the_settings_each_output_depends_on(tiny_run: tup
         found = list(pool.map(plan, range(len(CASES))))
     wrong = {change.__name__: (plan, expected) for (change, expected), plan in zip(CASES, found) if plan != expected}
     assert not wrong, "\n".join(f"{name}: planned {plan}, expected {expected}" for name, (plan, expected) in wrong.items())
+
+
+# What the workflow reads from its checkout (the Snakefile imports the package from its own src/).
+WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "src", "report", "envs")
+
+
+def test_a_moved_checkout_with_its_completed_run_plans_nothing(tiny_run: tuple[Path, str], tmp_path: Path) -> None:
+    """Copying a checkout and its completed run elsewhere changes every absolute path of both: no
+    param or input of a rule may hold one (the builtin dictionary's path did), or the copy reruns."""
+    workdir, _ = tiny_run
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for part in WORKFLOW_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, moved / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, moved / part)
+    shutil.copytree(workdir, moved, symlinks=True, dirs_exist_ok=True)
+    assert planned(moved, TINY, tmp_path, checkout=moved) == NOTHING
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,8 @@ def test_paper_dag_plans_without_network(tmp_path) -> None:
         "zeroshot": 5 * 11 * 2,
         "head_scores": 5 * 11,
         "head_selection": 5 * 11,
+        "head_maps": 5 * 11,  # and their pictures, one per model x task dataset
+        "chart_head_maps": 5 * 11,
         **{f"{kind}_table": 1 for kind in ("zeroshot", "head_scores", "head_selection", "head_overlap")},
         "main_table": 1,
         **REPORT_JOBS,
@@ -93,7 +95,7 @@ def test_demo_dag(tmp_path) -> None:
     assert job_counts(run.stdout) == {
         "pretrain": 1, "split": datasets, "unit_map": 1, "encode": 3 * datasets, "pca": datasets, "intrinsic_dimension": 1,
         "similarity": datasets - 1, "classifier": tasks, "train": 6 * tasks, "finetune": tasks, "zeroshot": 2 * tasks,
-        "head_scores": tasks, "head_selection": tasks, "probes": tasks, "head_halves": tasks,
+        "head_scores": tasks, "head_selection": tasks, "probes": tasks, "head_halves": tasks, "head_maps": tasks, "chart_head_maps": tasks,
         "description_texts": 1, "encode_descriptions": 1, "describe_units": 1,
         **{f"{kind}_table": 1 for kind in kinds}, **REPORT_JOBS, "chart_head_attributes": 1, "all": 1,
     }  # fmt: skip

@@ -3,6 +3,7 @@
 from residual.models import LoadedModel, load_model
 from residual.units.decompose import Decomposition, decompose, trace
 from residual.units.store import read_units
+from residual.units.tokens import TokenDecomposition, decompose_tokens
 
-__all__ = ["Decomposition", "LoadedModel", "decompose", "load_model", "read_units", "trace"]
+__all__ = ["Decomposition", "LoadedModel", "TokenDecomposition", "decompose", "decompose_tokens", "load_model", "read_units", "trace"]
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from residual.config.params import RuleParams, model_params, source_params
+from residual.config.params import RuleParams, classifier_source_params, model_params
 from residual.data.sources import DatasetError, class_templates, load_source
 from residual.io.tensors import open_tensors, save_tensors
 from residual.models import LoadedModel, load_model
@@ -107,7 +107,7 @@ def class_means_from_units(path: str | Path, classes: int, normalize: bool, batc
 class ClassifierSpec(RuleParams):
     """What a dataset's classifier for one model depends on, as a rule's params.
 
-    source: the dataset's `source_params` (its class names and OpenAI templates); model: the
+    source: the dataset's `classifier_source_params` (its class names and templates); model: the
     model's `model_params` where it has a text tower (the text weights), else None; class_means:
     'plain' or 'normalized' where it has none (the classifier is then the class means of the
     train embeddings, an input file), else None.
@@ -120,8 +120,9 @@ class ClassifierSpec(RuleParams):
     @classmethod
     def from_config(cls, config: Mapping[str, Any], model: str, dataset: str) -> ClassifierSpec:
         spec = config["models"][model]
-        source = source_params(config["datasets"][dataset])
-        if has_text_tower(spec):
+        text_tower = has_text_tower(spec)
+        source = classifier_source_params(config["datasets"][dataset], text_tower)
+        if text_tower:
             return cls(source, model_params(spec), None)
         return cls(source, None, config["training"]["class_means"])
 

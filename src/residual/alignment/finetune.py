@@ -52,7 +52,8 @@ from residual.alignment.training import (
     trainable_state,
 )
 from residual.config.params import RuleParams
-from residual.data.sequences import Source
+from residual.config.validate import ConfigError
+from residual.data.sequences import DatasetError, Source
 from residual.data.splits import read_split, stratified_subset
 from residual.models import LoadedModel
 from residual.units.encode import SplitImages
@@ -129,7 +130,16 @@ class FinetuneData:
         """The split table's rows as images; the train rows cut to a stratified, seeded subset of
         `max_train_images` (the demo's image budget)."""
         dataset = str(key.get("dataset", split_path))
-        train_rows = stratified_subset(read_split(split_path, "train"), max_train_images, seed, dataset)
+        train = read_split(split_path, "train")
+        try:
+            train_rows = stratified_subset(train, max_train_images, seed, dataset)
+        except DatasetError as error:  # the subset is this key's, not the split rule's
+            classes = train["label"].n_unique()
+            raise ConfigError(
+                f"config: at `finetune.max_train_images`: a stratified draw of {max_train_images} of the {train.height} train "
+                f"images of {dataset!r} must hold at least one image of each of its {classes} classes and leave one of each "
+                f"out: give between {classes} and {train.height - classes}, or null for all of them"
+            ) from error
         return cls(
             train=SplitImages(source, train_rows, model, train=True),
             val=SplitImages(source, read_split(split_path, "val"), model),

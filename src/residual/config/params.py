@@ -17,8 +17,11 @@ from typing import Any
 # The keys of a `models:` entry that decide the weights: everything but `appendix` (which only
 # selects the model) and the run-level defaults filled in by validation.
 MODEL_KEYS = ("library", "arch", "pretrained", "kwargs", "seed", "pretrain")
-# The keys of a `datasets:` entry that decide its images and labels (`download` and `role` do not).
-SOURCE_KEYS = ("loader", "root", "size", "attribute")
+# The keys of a `datasets:` entry that decide its images and labels (`download` and `role` do not),
+# and those that decide only what its classes are called and the prompts that name them.
+SOURCE_KEYS = ("loader", "root", "size", "attribute", "table")
+CLASS_NAME_KEYS = ("classes",)
+PROMPT_KEYS = ("templates",)
 
 Plain = None | bool | int | float | str | list["Plain"] | dict[str, "Plain"]
 
@@ -56,6 +59,12 @@ def model_params(spec: Mapping[str, Any]) -> dict[str, Plain]:
 def source_params(spec: Mapping[str, Any]) -> dict[str, Plain]:
     """What decides a dataset's images, labels and class names."""
     return pick(spec, SOURCE_KEYS)
+
+
+def classifier_source_params(spec: Mapping[str, Any], text_tower: bool) -> dict[str, Plain]:
+    """What decides a dataset's side of a classifier: its source and class names, and the prompt
+    templates where a text tower encodes them (class means have no prompts)."""
+    return pick(spec, SOURCE_KEYS + CLASS_NAME_KEYS + (PROMPT_KEYS if text_tower else ()))
 
 
 def split_params(spec: Mapping[str, Any]) -> dict[str, Plain]:

@@ -3,9 +3,10 @@
 Two kinds of problem, both reported all at once with the config key, the value and what to do:
 
 - `check_config`: mistakes in the config itself (an architecture or pretrained tag the library
-  does not know, a checkpoint file that does not exist, an unknown loader, a dataset without a
-  root). Always fatal: `rules/common.smk` calls it right after `validate_config`, so even
-  `snakemake -n` stops on them.
+  does not know, an architecture that does not decompose, such as a Swin or a ViT with average
+  pooling, found on its skeleton without weights; a checkpoint file that does not exist, an unknown
+  loader, a dataset without a root). Always fatal: `rules/common.smk` calls it right after
+  `validate_config`, so even `snakemake -n` stops on them.
 - `missing_inputs` / `require_inputs`: files a real run needs that are not here and that no rule
   can fetch (a user-supplied dataset such as ImageNet, a dataset with `download: false`, a
   Hugging Face checkpoint absent from the local cache). Data legitimately lives elsewhere when a
@@ -21,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from residual.config.validate import ConfigError, active_models
+from residual.data import imagefolder
 from residual.data.catalog import DATASETS
-from residual.data.sources import LOADERS
-from residual.models import looks_like_path
+from residual.data.sources import FILE_LOADERS, LOADERS
+from residual.models import LIBRARIES, looks_like_path
 from residual.models.checkpoint import loading_kwargs
+from residual.models.tower import UnsupportedModelError
 
 BLIP_CLASS = "BlipForImageTextRetrieval"  # residual.models.blip_tower.ARCH, kept here to avoid importing transformers
 GENERATED_SIZES = ("random", "world")  # loaders whose image count is the entry's `size`
+IMAGEFOLDER_KEYS = ("table", "classes", "templates")  # keys of the user's own images only
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -84,9 +88,25 @@ def _model_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
         return _transformers_problems(key, arch, pretrained, spec.get("kwargs") or {})
     if isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file() and "pretrain" not in spec:
         return [f"{key}.pretrained: checkpoint file {pretrained!r} does not exist; fix the path, or use null for random init"]
-    if library == "open_clip":
-        return _open_clip_problems(key, arch, pretrained)
-    return _timm_problems(key, arch, pretrained)
+    problems = _open_clip_problems(key, arch, pretrained) if library == "open_clip" else _timm_problems(key, arch, pretrained)
+    return problems or _architecture_problems(key, spec)
+
+
+def _architecture_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
+    """What the model's first job would refuse (kwargs the library rejects; pooling or blocks that
+    do not decompose: the adapter's `tower`), found on the architecture alone (`skeleton`)."""
+    adapter = LIBRARIES[spec["library"]].module()
+    try:
+        module = adapter.skeleton(spec)
+    except TypeError as error:
+        return [f"{key}.kwargs: {spec['library']} rejects {dict(spec.get('kwargs') or {})} for {spec['arch']!r} ({error}); fix `kwargs`"]
+    except Exception:  # an operation the meta device lacks: the model's first job builds it for real, and checks it there
+        return []
+    try:
+        adapter.tower(module)
+    except UnsupportedModelError as error:
+        return [f"{key}.arch: {spec['arch']!r} does not decompose into residual units: {error}"]
+    return []
 
 
 def _depth(kwargs: Mapping[str, Any]) -> Any:
@@ -104,16 +124,21 @@ def _dataset_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
     key, loader, problems = f"datasets.{name}", spec["loader"], []
     if loader not in LOADERS:
         return [f"{key}.loader: unknown loader {loader!r}{_suggest(loader, LOADERS)}; known loaders: {sorted(LOADERS)}"]
-    if loader in DATASETS and not spec.get("root"):
+    if loader in FILE_LOADERS and not spec.get("root"):
         problems.append(
             f"{key}.root: loader {loader!r} reads files, so `root` must name the folder that holds (or will hold) them"
         )
-    if loader not in DATASETS and spec.get("root"):
+    if loader not in FILE_LOADERS and spec.get("root"):
         problems.append(f"{key}.root: loader {loader!r} reads no files (its data are generated), so `root` would be ignored; remove it")
     if "size" in spec and loader not in GENERATED_SIZES:
         problems.append(f"{key}.size: only the {' and '.join(map(repr, GENERATED_SIZES))} loaders take a size; remove it (use split.subset to subsample)")
     if spec.get("attribute") and loader != "world":
         problems.append(f"{key}.attribute: only the 'world' loader has planted attributes; remove it")
+    problems.extend(
+        f"{key}.{option}: only the {imagefolder.LOADER!r} loader (your own images) takes `{option}`; remove it"
+        for option in IMAGEFOLDER_KEYS
+        if option in spec and loader != imagefolder.LOADER
+    )
     split = spec["split"]
     if split["rule"] == "resplit" and split["val"] + split["test"] >= 1:
         problems.append(
@@ -170,10 +195,13 @@ def _transformers_problems(key: str, arch: str, pretrained: str | None, kwargs: 
 
 
 def _missing_dataset(name: str, spec: Mapping[str, Any]) -> str | None:
-    entry = DATASETS.get(spec["loader"])
-    if entry is None or not spec.get("root"):  # generated in memory (digits, random), or a static problem
+    if spec["loader"] not in FILE_LOADERS or not spec.get("root"):  # generated in memory (digits, random), or a static problem
         return None
     root = Path(spec["root"])
+    if spec["loader"] == imagefolder.LOADER:
+        problem = imagefolder.missing(spec, root)
+        return None if problem is None else f"datasets.{name}: {problem}"
+    entry = DATASETS[spec["loader"]]
     missing = entry.missing(root)
     if not missing:
         return None

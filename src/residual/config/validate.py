@@ -91,6 +91,8 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         if error.validator == "additionalProperties":
             allowed = sorted(error.schema.get("properties", {}))
             hint = f"; allowed keys here: {allowed}" if allowed else ""
+        elif error.validator in ("pattern", "minItems") and "description" in error.schema:
+            hint = f"; {' '.join(error.schema['description'].split())}"  # a regex or [] alone says too little
         raise ConfigError(f"{source}: at `{where}`: {error.message}{hint}")
     for name, model in config["models"].items():
         model.setdefault("seed", config["seed"])

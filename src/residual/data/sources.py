@@ -3,9 +3,10 @@
 A loader turns one `datasets:` entry of the config into a `Source`: its official parts (e.g.
 {'train': ..., 'test': ...}, or {'all': ...} when the dataset has no official split) and its class
 names. Items are PIL images, or `NoiseImage`s that are rendered at the model's input size.
-`LOADERS` names every loader: the paper's datasets (`catalog`, read from files under `root`) and
-three that need no files (scikit-learn's digits, the paper's "random" images and the planted-attribute
-world of `residual.data.world`).
+`LOADERS` names every loader: the paper's datasets (`catalog`, read from files under `root`), the
+user's own images (`imagefolder`: class folders or a table under `root`) and three that need no
+files (scikit-learn's digits, the paper's "random" images and the planted-attribute world of
+`residual.data.world`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from torch import Tensor
 
 from residual.data.catalog import DATASETS, load
 from residual.data.classnames import openai_templates
+from residual.data.imagefolder import LOADER as IMAGEFOLDER
+from residual.data.imagefolder import load_imagefolder_source
 from residual.data.sequences import (
     ArrayImages,
     DatasetError,
@@ -31,6 +34,7 @@ from residual.data.sequences import (
 from residual.data.world import load_world_source
 
 __all__ = [
+    "FILE_LOADERS",
     "LOADERS",
     "ArrayImages",
     "DatasetError",
@@ -82,7 +86,10 @@ LOADERS: dict[str, Loader] = {
     "digits": load_digits_source,
     "random": load_random_source,
     "world": load_world_source,
+    IMAGEFOLDER: load_imagefolder_source,
 }
+# The loaders that read files under the entry's `root` (the others generate their images).
+FILE_LOADERS = frozenset({*DATASETS, IMAGEFOLDER})
 
 
 def load_source(name: str, spec: Mapping[str, Any], seed: int = 0) -> Source:

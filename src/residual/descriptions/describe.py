@@ -23,14 +23,14 @@ from residual.config.params import RuleParams
 from residual.descriptions.components import component_ends
 from residual.descriptions.dictionary import Dictionary
 from residual.descriptions.somp import somp
-from residual.descriptions.table import unit_rows
+from residual.descriptions.table import METHODS, unit_rows
 from residual.descriptions.textspan import Decomposition, text_span
 from residual.spectral.pca import UnitPCA, fit_unit_file
 from residual.units.guards import check_finite_values
 from residual.units.layout import UnitLayout, unit_coordinates
 from residual.units.store import UnitFile
 
-VERSION = "descriptions/1"  # bump when a change to this package changes the descriptions it writes
+VERSION = "descriptions/2"  # bump when a change to this package changes the descriptions it writes
 PCA_SPLIT = "train"  # the split the pca rule fits
 
 
@@ -90,17 +90,30 @@ def centred_coordinates(unit_file: UnitFile, pca: UnitPCA, batch_size: int, devi
     return [torch.cat(chunks) for chunks in parts]
 
 
-def _method_rows(method: str, decomposition: Decomposition, texts: list[str]) -> list[dict[str, object]]:
-    return [
+def _shortfall(method: str, found: int, asked: int, setting: str, texts: int) -> str | None:
+    """The note on a unit's rows of `method` when it found fewer texts than `descriptions.<setting>`
+    asks for, saying why; None when it found them all."""
+    if found >= asked:
+        return None
+    why = f"the dictionary has {texts} texts" if texts < asked else "no other text explains any of the unit's remaining variance"
+    return f"{method}: {found} of the {asked} texts asked for (`descriptions.{setting}`): {why}"
+
+
+def _method_rows(method: str, decomposition: Decomposition, texts: list[str], k: int) -> list[dict[str, object]]:
+    """One row per pick; a method that picked nothing still gets a row, without a text, for its note."""
+    note = _shortfall(METHODS[method], len(decomposition.indices), k, "k", len(texts))
+    rows: list[dict[str, object]] = [
         {
             "method": method,
             "rank": rank,
             "text": texts[index],
             "explained_variance": share,
             "explained_total": decomposition.total,
+            "note": note,
         }
         for rank, (index, share) in enumerate(zip(decomposition.indices, decomposition.explained), start=1)
     ]
+    return rows or [{"method": method, "explained_total": decomposition.total, "note": note}]
 
 
 def _component_rows(pca: UnitPCA, unit: int, dictionary: Dictionary, settings: DescriptionSettings) -> list[dict[str, object]]:
@@ -109,6 +122,7 @@ def _component_rows(pca: UnitPCA, unit: int, dictionary: Dictionary, settings: D
         return []
     indices, cosines = component_ends(components, dictionary.embeddings, settings.per_end)
     ratios = pca.explained_variance_ratio(unit)
+    note = _shortfall("component ends", indices.shape[2], settings.per_end, "per_end", len(dictionary.texts))
     return [
         {
             "method": "component",
@@ -118,6 +132,7 @@ def _component_rows(pca: UnitPCA, unit: int, dictionary: Dictionary, settings: D
             "text": dictionary.texts[int(indices[component, side, rank])],
             "explained_variance": float(ratios[component]),
             "cosine": float(cosines[component, side, rank]),
+            "note": note,
         }
         for component in range(len(components))
         for side, end in enumerate(("+", "-"))
@@ -168,8 +183,8 @@ def describe_unit_file(
                 settings.k,
             )
             described = [
-                *_method_rows("textspan", spans, dictionary.texts),
-                *_method_rows("somp", pursuit, dictionary.texts),
+                *_method_rows("textspan", spans, dictionary.texts, settings.k),
+                *_method_rows("somp", pursuit, dictionary.texts, settings.k),
                 *_component_rows(fitted, unit, dictionary, settings),
             ]
             rows += [{"unit": name, **unit_coordinates(name), **row} for row in described]

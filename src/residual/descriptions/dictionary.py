@@ -9,6 +9,7 @@ encodes the list once (`encode_dictionary`); rows are L2-normalised and stored w
 from __future__ import annotations
 
 import hashlib
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -27,10 +28,12 @@ from residual.io.tensors import TensorFileError, open_tensors, save_tensors
 from residual.models import LoadedModel
 from residual.models.text import encode_text
 
-FORMAT = "residual-dictionary/1"  # bump when the file layout or the encoding changes
+FORMAT = "residual-dictionary/2"  # bump when the file layout, the texts kept or the encoding change
 KEY = "descriptions.dictionary"
 BUILTIN = "builtin:"
 URL_SCHEMES = ("http://", "https://", "file://")
+
+log = logging.getLogger(__name__)
 
 
 class DictionaryError(ConfigError):
@@ -51,19 +54,32 @@ class DictionarySource(RuleParams):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DictionarySource:
+        """The config's source; a builtin list without a `sha256` gets its own, so that its text,
+        not its path (inside the checkout, which may be moved), is what its rule depends on."""
         entry = config["descriptions"]["dictionary"]
-        return cls(entry["source"], entry["sha256"])
-
+        source = cls(entry["source"], entry["sha256"])
+        if source.is_builtin and source.sha256 is None:
+            return cls(source.source, hashlib.sha256(_read_bytes(source)).hexdigest())
+        return source
 
     @property
     def is_url(self) -> bool:
         return self.source.startswith(URL_SCHEMES)
 
+    @property
+    def is_builtin(self) -> bool:
+        return self.source.startswith(BUILTIN)
+
+    def input_files(self) -> list[str]:
+        """The file the `description_texts` rule reads, as the config names it: none for a URL or a
+        builtin list, whose path is the checkout's (`from_config` pins a builtin's digest instead)."""
+        return [] if self.is_url or self.is_builtin else [str(self.local_path())]
+
     def local_path(self) -> Path | None:
         """The file a local or builtin source names (None for a URL); DictionaryError for an unknown builtin."""
         if self.is_url:
             return None
-        if self.source.startswith(BUILTIN):
+        if self.is_builtin:
             name = self.source.removeprefix(BUILTIN)
             shipped = files("residual.descriptions").joinpath("texts")
             path = Path(str(shipped.joinpath(f"{name}.txt")))
@@ -75,14 +91,20 @@ class DictionarySource(RuleParams):
 
 
 def parse_texts(data: bytes, origin: str) -> list[str]:
-    """One description per line (UTF-8, surrounding whitespace stripped, blank lines skipped)."""
+    """One description per line (UTF-8, surrounding whitespace stripped, blank lines skipped), each
+    once, where it first appears (a repeat could stand at both ends of one component, and takes no
+    TextSpan pick of its own). Logs how many repeats were dropped."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DictionaryError(f"`{KEY}.source`: {origin} is not UTF-8 text ({error}): give one description per line") from error
-    texts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not texts:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
         raise DictionaryError(f"`{KEY}.source`: {origin} holds no description: give one description per line")
+    texts = list(dict.fromkeys(lines))
+    if len(texts) < len(lines):
+        repeats = len(lines) - len(texts)
+        log.warning("`%s.source`: %s: %d lines repeat an earlier one and are dropped; %d descriptions remain", KEY, origin, repeats, len(texts))
     return texts
 
 

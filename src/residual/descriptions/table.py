@@ -5,7 +5,9 @@ Columns: model, dataset, split (the keys), unit, kind, layer, head, method (`tex
 `component`, or null on the row of a model without a text tower), component (1-based, component
 rows), end (`+`: largest cosine, `-`: smallest), rank (1-based order within the method or end),
 text, explained_variance (fraction of the unit's variance: removed by the pick, or explained by
-the component), explained_total (by all picks of the method), cosine (component rows), note.
+the component), explained_total (by all picks of the method), cosine (component rows), note (on
+the row of a model without a text tower; on a unit's rows of a method that found fewer texts than
+asked for, how many and why: such a method that found none has one row, without a text).
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
-from tabulate import tabulate
 
 from residual.io.atomic import atomic_path
-from residual.report.tables import DEMO_NOTE, with_keys, write_table
+from residual.report.tables import DEMO_NOTE, markdown_escape, markdown_table, with_keys, write_table
 
 KEYS = {"model": pl.String, "dataset": pl.String, "split": pl.String}
 COLUMNS = {
@@ -65,7 +66,7 @@ def method_summary(table: pl.DataFrame) -> pl.DataFrame:
 
     def side(method: str) -> pl.DataFrame:
         label = METHODS[method]
-        return table.filter(pl.col("method") == method).select(
+        return table.filter((pl.col("method") == method) & pl.col("rank").is_not_null()).select(
             *keys, pl.col("text").alias(label), pl.col("explained_variance").alias(f"{label} explained")
         )
 
@@ -78,7 +79,8 @@ def _unit_markdown(rows: pl.DataFrame) -> str:
     picks = method_summary(rows).drop("model", "dataset", "unit")
     totals = [rows.filter(pl.col("method") == method)["explained_total"].first() for method in METHODS]
     body = [*(list(row) for row in picks.rows()), ["all", "", totals[0], "", totals[1]]]
-    parts = [tabulate(body, headers=picks.columns, tablefmt="github", floatfmt=".3g")]
+    notes = rows.filter(pl.col("note").is_not_null())["note"].unique(maintain_order=True)
+    parts = [*(f"> {markdown_escape(note)}" for note in notes), markdown_table(body, picks.columns)]
     components = rows.filter(pl.col("method") == "component")
     if not components.is_empty():
         lines = []
@@ -91,22 +93,20 @@ def _unit_markdown(rows: pl.DataFrame) -> str:
                 for end in ("+", "-")
             }
             lines.append([f"PC{component}", group["explained_variance"][0], ends["+"], ends["-"]])
-        parts.append(
-            tabulate(
-                lines, headers=["component", "explained", "largest cosine", "smallest cosine"], tablefmt="github", floatfmt=".3g"
-            )
-        )
+        parts.append(markdown_table(lines, ["component", "explained", "largest cosine", "smallest cosine"]))
     return "\n\n".join(parts)
 
 
 def descriptions_markdown(table: pl.DataFrame, title: str, demo: bool) -> str:
     """Grouped per unit, as the TextSpan paper's head tables: a section per model, dataset and unit."""
-    sections = [f"# {title}", *([f"> {DEMO_NOTE}"] if demo else [])]
-    for row in table.filter(pl.col("note").is_not_null()).select("model", "note").unique(maintain_order=True).rows():
-        sections.append(f"## {row[0]}\n\n{row[1]}")
+    sections = [f"# {markdown_escape(title)}", *([f"> {DEMO_NOTE}"] if demo else [])]
+    undescribed = table.filter(pl.col("unit").is_null())
+    for model, note in undescribed.select("model", "note").unique(maintain_order=True).rows():
+        sections.append(f"## {markdown_escape(model)}\n\n{markdown_escape(note)}")
     described = table.filter(pl.col("unit").is_not_null())
     for (model, dataset, split, unit), rows in described.group_by("model", "dataset", "split", "unit", maintain_order=True):
-        sections.append(f"## {model} · {dataset} ({split}) · {unit}\n\n{_unit_markdown(rows)}")
+        heading = markdown_escape(f"{model} · {dataset} ({split}) · {unit}")
+        sections.append(f"## {heading}\n\n{_unit_markdown(rows)}")
     return "\n\n".join(sections) + "\n"
 
 

@@ -45,7 +45,8 @@ def write_error(path: Path, error: OSError) -> WriteError | None:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; on success it is renamed onto `path`.
+    """Yield a temporary sibling of `path`; on success it gets the umask's mode (`new_file_mode`)
+    and is renamed onto `path`.
 
     On any exception (or if the process dies) only the temporary file is left, under a name
     no rule accepts as output; an existing `path` is untouched until the rename. Temporaries
@@ -58,6 +59,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         for stale in remove_stale_temporaries(path):
             log.warning("removed %s, left by a writer that was killed", stale)
         yield tmp
+        # Writers differ (safetensors creates its file 0600 whatever the umask, pyarrow follows
+        # it): every result gets the mode the umask gives a new file, so a shared folder reads all.
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except OSError as error:
         wrapped = None if isinstance(error, WriteError) else write_error(path, error)
@@ -66,6 +70,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise wrapped from error
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def new_file_mode() -> int:
+    """0666 less the process's umask: the mode `open` gives a new file."""
+    umask = os.umask(0o022)  # the only way to read the umask is to set it, then restore it
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:

@@ -23,7 +23,8 @@ from residual.units.unit_map import UnitMap
 @dataclass(frozen=True)
 class Library:
     """A supported library and its adapter module, which defines `create(spec)` and `tower(module)`,
-    and `encode_text(model, tokenizer, texts)` where the library's models have a text tower."""
+    `encode_text(model, tokenizer, texts)` where the library's models have a text tower, and
+    `skeleton(spec)` (the architecture on the meta device) where preflight checks it (open_clip, timm)."""
 
     adapter: str
     text: bool

@@ -98,6 +98,7 @@ def tower(model: nn.Module) -> Tower:
         stream = vision.encoder(inputs_embeds=vision.embeddings(images)).last_hidden_state
         return model.vision_proj(vision.post_layernorm(stream)[:, 0])
 
+    side = vision.embeddings.image_size // vision.embeddings.patch_size  # BLIP's square patch grid
     return Tower(
         embed=vision.embeddings,
         blocks=blocks,
@@ -105,6 +106,7 @@ def tower(model: nn.Module) -> Tower:
         proj=model.vision_proj.weight.T,
         proj_bias=model.vision_proj.bias,
         encode=encode,
+        grid=(side, side),
     )
 
 

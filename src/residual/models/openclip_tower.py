@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import open_clip
+import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
@@ -31,6 +34,27 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     return model, preprocess, size, {"tokenizer": open_clip.get_tokenizer(arch)}
+
+
+def skeleton(spec: Mapping[str, Any]) -> nn.Module:
+    """The architecture with the entry's kwargs on the meta device: no weights, no memory, no
+    network; what `tower` would refuse shows on it."""
+    with torch.device("meta"), _root_log_silenced():
+        return open_clip.create_model(spec["arch"], pretrained=None, load_weights=False, device="meta", **spec.get("kwargs", {}))
+
+
+@contextmanager
+def _root_log_silenced() -> Iterator[None]:
+    """open_clip warns through the root logger that it loaded no weights, which is the point of a
+    skeleton; the handler keeps that call from configuring the root logger of the caller's process."""
+    handler, previous = logging.NullHandler(), logging.root.manager.disable
+    logging.root.addHandler(handler)
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+        logging.root.removeHandler(handler)
 
 
 def tower(model: nn.Module) -> Tower:
@@ -66,6 +90,7 @@ def tower(model: nn.Module) -> Tower:
         proj_bias=None,
         encode=model.encode_image,
         batch_first=visual.transformer.batch_first,
+        grid=(int(visual.grid_size[0]), int(visual.grid_size[1])),
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from timm.layers import Attention
 from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
@@ -31,6 +33,13 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
     preprocess = timm.data.create_transform(**config, is_training=False)
     _, height, width = config["input_size"]
     return model, preprocess, (height, width), {}
+
+
+def skeleton(spec: Mapping[str, Any]) -> nn.Module:
+    """The architecture with the entry's kwargs on the meta device: no weights, no memory, no
+    network; what `tower` would refuse shows on it."""
+    with torch.device("meta"):
+        return timm.create_model(spec["arch"].split(".")[0], pretrained=False, **spec.get("kwargs", {}))
 
 
 def load_checkpoint(model: VisionTransformer, path: Path) -> None:
@@ -77,7 +86,10 @@ def tower(model: nn.Module) -> Tower:
     def encode(images: Tensor) -> Tensor:
         return model.forward_head(model.forward_features(images), pre_logits=True)
 
-    return Tower(embed=model.norm_pre, blocks=blocks, final_norm=norms[0], proj=None, proj_bias=None, encode=encode)
+    # timm puts the CLS token, then the registers, before the patches (`_pos_embed`).
+    prefix = ("cls", *(f"register_{index}" for index in range(model.num_reg_tokens)))
+    grid = (int(model.patch_embed.grid_size[0]), int(model.patch_embed.grid_size[1]))
+    return Tower(embed=model.norm_pre, blocks=blocks, final_norm=norms[0], proj=None, proj_bias=None, encode=encode, prefix=prefix, grid=grid)
 
 
 def _norm_or_none(module: nn.Module) -> nn.Module | None:

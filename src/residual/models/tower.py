@@ -96,27 +96,39 @@ class AttentionWeights:
         and z_h = (sum_n a_hn x_n) W_v,h^T + b_v,h because the weights a_hn sum to one. That costs
         O(H*N*D) per sample instead of the O(N*D^2) of projecting every token.
         """
-        x0 = x[:, 0]
-        q = torch.einsum("bd,hkd->bhk", x0, self.w_q) + self.b_q
+        weights = self.cls_attention(x)
         if self.q_norm is not None or self.k_norm is not None:
-            return self._cls_head_outputs_normed(x, q)
-        q = q * self.scale
-        u = torch.einsum("bhk,hkd->bhd", q, self.w_k)
-        scores = torch.einsum("bhd,bnd->bhn", u, x)
-        weights = scores.softmax(dim=-1)
+            return torch.einsum("bhn,bhnk->bhk", weights, self._values(x, list(range(self.heads))))
         mixed = torch.einsum("bhn,bnd->bhd", weights, x)
         return torch.einsum("bhd,hkd->bhk", mixed, self.w_v) + self.b_v
 
-    def _cls_head_outputs_normed(self, x: Tensor, q: Tensor) -> Tensor:
-        """The explicit path, for q/k norms that do not commute with the projections."""
-        k = torch.einsum("bnd,hkd->bhnk", x, self.w_k) + self.b_k[:, None]
-        v = torch.einsum("bnd,hkd->bhnk", x, self.w_v) + self.b_v[:, None]
-        if self.q_norm is not None:
-            q = self.q_norm(q)
-        if self.k_norm is not None:
-            k = self.k_norm(k)
-        scores = torch.einsum("bhk,bhnk->bhn", q * self.scale, k)
-        return torch.einsum("bhn,bhnk->bhk", scores.softmax(dim=-1), v)
+    def cls_attention(self, x: Tensor) -> Tensor:
+        """Every head's attention weights at the CLS query: x [B, N, D] -> a [B, H, N], rows summing to 1."""
+        q = torch.einsum("bd,hkd->bhk", x[:, 0], self.w_q) + self.b_q
+        if self.q_norm is not None or self.k_norm is not None:
+            # The explicit path, for q/k norms that do not commute with the projections.
+            k = torch.einsum("bnd,hkd->bhnk", x, self.w_k) + self.b_k[:, None]
+            if self.q_norm is not None:
+                q = self.q_norm(q)
+            if self.k_norm is not None:
+                k = self.k_norm(k)
+            return torch.einsum("bhk,bhnk->bhn", q * self.scale, k).softmax(dim=-1)
+        u = torch.einsum("bhk,hkd->bhd", q * self.scale, self.w_k)
+        return torch.einsum("bhd,bnd->bhn", u, x).softmax(dim=-1)
+
+    def cls_token_contributions(self, x: Tensor, heads: list[int]) -> Tensor:
+        """What each source token gives the CLS output of the heads `heads` [K]: a_{h,n} (W_v,h x_n + b_v,h).
+
+        x: [B, N, D] the attention layer's input. Returns [B, K, N, dh]; summed over N it is
+        `cls_head_outputs(x)[:, heads]`, because each head's weights sum to one. Costs B x K x N x dh
+        floats, where `cls_head_outputs` never materialises the values.
+        """
+        weights = self.cls_attention(x)[:, heads]
+        return weights[..., None] * self._values(x, heads)
+
+    def _values(self, x: Tensor, heads: list[int]) -> Tensor:
+        """x [B, N, D] -> the values of the heads `heads` [K] at every token: [B, K, N, dh]."""
+        return torch.einsum("bnd,hkd->bhnk", x, self.w_v[heads]) + self.b_v[heads][:, None]
 
 
 @dataclass(frozen=True)
@@ -143,6 +155,9 @@ class Tower:
     - proj: [D, d_out] output projection, or None (d_out = D); proj_bias: [d_out] or None.
     - encode: images [B, 3, H, W] -> the model's own embedding [B, d_out].
     - batch_first: whether the blocks see [B, N, D] (else [N, B, D]).
+    - prefix: the names of the tokens before the patches, in order (the CLS token, then registers).
+    - grid: (rows, columns) of the patch tokens, which follow the prefix row by row; None where
+      the adapter cannot place tokens on the image (no per-token maps then).
     """
 
     embed: nn.Module
@@ -152,6 +167,8 @@ class Tower:
     proj_bias: Tensor | None
     encode: Callable[[Tensor], Tensor]
     batch_first: bool = True
+    prefix: tuple[str, ...] = ("cls",)
+    grid: tuple[int, int] | None = None
 
     @property
     def width(self) -> int:

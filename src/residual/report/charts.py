@@ -7,6 +7,7 @@ page; PNG and SVG are rendered without a browser (vl-convert).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import polars as pl
 
 from residual.io.atomic import atomic_path
 
-VERSION = "charts/2"  # bump when a change to a chart's code changes what it draws
+VERSION = "charts/3"  # bump when a change to a chart's code changes what it draws
 
 PNG_SCALE = 2  # pixels per Vega pixel: sharp on high-density screens and in slides
 FONT = "DejaVu Sans, Liberation Sans, Arial, sans-serif"
@@ -63,13 +64,27 @@ def layer_head_heatmap(value: str, title: str, legend: str, scale: alt.Scale) ->
     )
 
 
+# '<', '>' and '&' as JSON \\u escapes: the same strings to JavaScript, and no markup to the HTML parser.
+SCRIPT_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
+class ScriptSafeJSON(json.JSONEncoder):
+    """JSON that can sit inside an HTML <script> element whatever its strings hold: no text in the
+    data or a title, such as '</script>' or '<!--', can end the element or start markup."""
+
+    def encode(self, o: object) -> str:
+        return super().encode(o).translate(SCRIPT_ESCAPES)
+
+
 def save_chart(chart: alt.TopLevelMixin, outputs: Sequence[str | Path]) -> None:
     """Write `chart` to each output by its suffix (.html, .png, .svg), atomically."""
     for output in outputs:
         suffix = Path(output).suffix
         with atomic_path(output) as tmp:
             if suffix == ".html":
-                chart.save(tmp, format="html", inline=True, embed_options={"renderer": "svg", "actions": False})
+                chart.save(
+                    tmp, format="html", inline=True, embed_options={"renderer": "svg", "actions": False}, json_kwds={"cls": ScriptSafeJSON}
+                )
             elif suffix == ".png":
                 chart.save(tmp, format="png", scale_factor=PNG_SCALE)
             elif suffix == ".svg":

@@ -14,6 +14,7 @@ import polars as pl
 
 from residual.report.accuracy_charts import accuracy_bars, accuracy_vs_parameters
 from residual.report.charts import styled
+from residual.report.map_charts import head_maps
 from residual.report.probe_charts import head_attributes
 from residual.report.runtime import runtime_chart
 from residual.report.selection_charts import overlap_heatmaps, selection_curves
@@ -73,6 +74,12 @@ FIGURES = {
     "head_attributes": Figure(
         "probes", "The planted attribute each head reads best, shaded by its margin over chance",
         "Ground truth", "per head", head_attributes,
+    ),
+    # Its table is not a results table: the cells of one maps file (`map_cells`), one picture per
+    # model x task dataset (rules/maps.smk).
+    "head_maps": Figure(
+        "head_maps", "Where the top heads look: each patch's part of a head's output along its map's direction",
+        "Head maps", "{dataset}", head_maps,
     ),
     "runtime": Figure(
         "runtime", "Wall time and peak memory of every rule's jobs",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from residual.io.atomic import atomic_path
 from residual.units.store import UnitFile
 
 DEMO_NOTE = "Demo run: small models on generated data. These numbers are not the paper's."
-VERSION = "tables/3"  # bump when a change to the tables' layout or summaries changes what they hold
+VERSION = "tables/4"  # bump when a change to the tables' layout or summaries changes what they hold
 
 
 def authors_bytes_per_sample(layers: int, heads: int, head_dim: int, width: int) -> int:
@@ -114,25 +115,47 @@ def write_table(
                 raise ValueError(f"no writer for table format {suffix!r} ({output})")
 
 
+# What GitHub's Markdown reads as markup inside a table cell or a heading (table pipes, code,
+# emphasis, strikethrough, math, links, raw HTML, entities); a backslash before each shows it as
+# itself. '_' between two letters or digits cannot emphasise, so unit names such as head_0_1 stay
+# as they are.
+MARKDOWN_MARKUP = re.compile(r"[\\`*~$\[\]<>&|]|(?<![^\W_])_|_(?![^\W_])")
+
+
 def markdown_escape(text: str) -> str:
-    """`text` safe in one cell of a Markdown table: newlines as spaces, '|' escaped."""
-    return " ".join(text.splitlines()).replace("|", "\\|")
+    """`text` shown as itself on one line of Markdown (a table cell, a heading): newlines as
+    spaces, markup characters backslash-escaped."""
+    return MARKDOWN_MARKUP.sub(r"\\\g<0>", " ".join(text.splitlines()))
+
+
+def markdown_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A GitHub Markdown table: numbers to 3 significant digits, nulls empty, anything else as its
+    text (`markdown_escape`, and never read as a number: a run called 1e5 stays 1e5)."""
+    cells = [[value if value is None or _is_number(value) else markdown_escape(str(value)) for value in row] for row in rows]
+    text_columns = [column for column in range(len(headers)) if any(isinstance(row[column], str) for row in cells)]
+    return tabulate(
+        cells, headers=[markdown_escape(name) for name in headers], tablefmt="github", floatfmt=".3g", disable_numparse=text_columns
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def to_markdown(table: pl.DataFrame, title: str, demo: bool) -> str:
     note = f"> {DEMO_NOTE}\n\n" if demo else ""
-    rows = [[markdown_escape(value) if isinstance(value, str) else value for value in row] for row in table.rows()]
-    headers = [markdown_escape(name) for name in table.columns]
-    body = tabulate(rows, headers=headers, tablefmt="github", floatfmt=".3g")
-    return f"# {markdown_escape(title)}\n\n{note}{body}\n"
+    return f"# {markdown_escape(title)}\n\n{note}{markdown_table(table.rows(), table.columns)}\n"
 
 
+# LaTeX's special characters; '<', '>' and '|' print other glyphs in the default font encoding;
+# '[' and '*' at the start of a row would be read as options of the previous row's \\ or \midrule.
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}"}  # fmt: skip
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}", "[": "{[}", "]": "{]}", "*": "{*}"}  # fmt: skip
 
 
 def latex_escape(text: str) -> str:
-    """`text` with LaTeX's special characters escaped, newlines as spaces."""
+    """`text` shown as itself in LaTeX: special characters escaped, newlines as spaces."""
     return "".join(LATEX_SPECIALS.get(char, char) for char in " ".join(text.splitlines()))
 
 

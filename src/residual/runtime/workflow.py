@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from residual.config.validate import ConfigError
 from residual.io.atomic import WriteError
 
 
@@ -23,7 +24,7 @@ def rule_context(snakemake: Any) -> Iterator[logging.Logger]:
         logger = logging.getLogger(f"residual.{snakemake.rule}")
         try:
             yield logger
-        except WriteError as error:
+        except (WriteError, ConfigError) as error:  # the message names the file or key and what to do
             logger.error("rule %s failed: %s", snakemake.rule, error)
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             raise SystemExit(str(error)) from None  # one line on the terminal, no traceback

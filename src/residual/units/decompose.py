@@ -7,7 +7,7 @@ the final norm. Head outputs are recomputed at the CLS query from the attention 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -79,12 +79,22 @@ def checked_values(raw: RawUnits, unit_map: UnitMap, samples: Sequence[int], con
     return values, error
 
 
-@torch.no_grad()
 def trace(model: LoadedModel, images: Tensor) -> RawUnits:
     """Run the model once and read its units in storage form. images: [B, 3, H, W]."""
+    return trace_tokens(model, images, {})[0]
+
+
+@torch.no_grad()
+def trace_tokens(model: LoadedModel, images: Tensor, heads: Mapping[int, list[int]]) -> tuple[RawUnits, dict[int, Tensor]]:
+    """`trace`, and what each source token gives the CLS output of some heads, in the same forward.
+
+    images: [B, 3, H, W]; heads: layer -> the heads [K_l] of that layer to split by token. Returns
+    the units and, per layer of `heads`, the raw contributions [B, K_l, N, dh] (N tokens, in the
+    model's order; see `AttentionWeights.cls_token_contributions`).
+    """
     tower = model.tower
     images = images.to(model.device, torch.float32)
-    with _recorded(tower) as record:
+    with _recorded(tower, heads) as record:
         embedding = tower.encode(images)
     stream = record["final"]
     ln_mean = stream.mean(dim=-1)
@@ -94,7 +104,7 @@ def trace(model: LoadedModel, images: Tensor) -> RawUnits:
         [layer_scale_vector(block.ls2, tower.width, stream) * out for block, out in zip(tower.blocks, record["mlp"])],
         dim=1,
     )
-    return RawUnits(
+    raw = RawUnits(
         emb=record["embed"] @ factor,
         mlp=mlp @ factor,
         heads=torch.stack(record["heads"], dim=1),
@@ -102,12 +112,14 @@ def trace(model: LoadedModel, images: Tensor) -> RawUnits:
         ln_std=ln_std,
         embedding=embedding.float(),
     )
+    return raw, record["tokens"]
 
 
 @contextmanager
-def _recorded(tower: Tower) -> Iterator[dict]:
-    """Hooks that fill {'embed': [B, D], 'heads': L x [B, H, dh], 'mlp': L x [B, D], 'final': [B, D]}."""
-    record: dict = {"heads": [], "mlp": []}
+def _recorded(tower: Tower, token_heads: Mapping[int, list[int]]) -> Iterator[dict]:
+    """Hooks that fill {'embed': [B, D], 'heads': L x [B, H, dh], 'mlp': L x [B, D], 'final': [B, D],
+    'tokens': {layer: [B, K, N, dh]} for the layers and heads of `token_heads`}."""
+    record: dict = {"heads": [], "mlp": [], "tokens": {}}
 
     def cls(x: Tensor) -> Tensor:
         """CLS row of a [B, N, D] tensor outside the blocks (already [B, D] after pooling)."""
@@ -123,13 +135,16 @@ def _recorded(tower: Tower) -> Iterator[dict]:
     def on_final(module: nn.Module, args: tuple) -> None:
         record["final"] = cls(args[0]).float()
 
-    def on_attention(block: Block) -> Callable[[nn.Module, tuple, dict], None]:
+    def on_attention(layer: int, block: Block) -> Callable[[nn.Module, tuple, dict], None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             mask = kwargs.get("attn_mask", kwargs.get("attention_mask", args[3] if len(args) > 3 else None))
             if mask is not None or kwargs.get("is_causal", False):
                 raise NotImplementedError("attention masks are not supported in the vision tower")
             x = args[0] if args else kwargs["hidden_states"]  # transformers passes the input by keyword
-            record["heads"].append(block.attention.cls_head_outputs(block_tokens(x).float()))
+            tokens = block_tokens(x).float()
+            record["heads"].append(block.attention.cls_head_outputs(tokens))
+            if layer in token_heads:
+                record["tokens"][layer] = block.attention.cls_token_contributions(tokens, token_heads[layer])
 
         return hook
 
@@ -140,8 +155,8 @@ def _recorded(tower: Tower) -> Iterator[dict]:
         tower.embed.register_forward_hook(on_embed),
         tower.final_norm.register_forward_pre_hook(on_final),
     ]
-    for block in tower.blocks:
-        handles.append(block.attn_module.register_forward_pre_hook(on_attention(block), with_kwargs=True))
+    for layer, block in enumerate(tower.blocks):
+        handles.append(block.attn_module.register_forward_pre_hook(on_attention(layer, block), with_kwargs=True))
         handles.append(block.mlp.register_forward_hook(on_mlp))
     try:
         yield record
