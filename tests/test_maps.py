@@ -52,7 +52,8 @@ def test_token_parts_sum_to_each_heads_unit(spec: dict) -> None:
     assert parts.error <= TOLERANCE
     # The units are decompose's own, bit for bit: the token split runs in the same forward.
     positions = [model.layout.index(name) for name in heads]
-    assert torch.equal(parts.units, decompose(model, images).values[:, positions])
+    # The same forward pass: agreement to float32 rounding, whatever the CPU's kernels.
+    torch.testing.assert_close(parts.units, decompose(model, images).values[:, positions], rtol=0, atol=1e-6)
     assert parts.patches.shape == (2, len(heads), rows, columns, model.layout.out_dim)
     # The CLS token and the registers are kept apart from the patch grid.
     expected = ("cls", "register_0", "register_1", "register_2", "register_3") if spec is TINY_DINOV2 else ("cls",)

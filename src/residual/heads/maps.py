@@ -178,17 +178,10 @@ class HeadMaps:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
             fixed = {key: header.pop(key) for key in ("format", "heads", "maps", "classes", "prefix", "grid")}
             return cls(
+                **tensors,
                 heads=fixed["heads"],
                 maps=fixed["maps"],
                 classes=fixed["classes"],
-                values=tensors["values"],
-                offsets=tensors["offsets"],
-                drawn=tensors["drawn"],
-                ratios=tensors["ratios"],
-                images=tensors["images"],
-                labels=tensors["labels"],
-                predictions=tensors["predictions"],
-                sample_ids=tensors["sample_ids"],
                 prefix=tuple(fixed["prefix"]),
                 grid=(int(fixed["grid"][0]), int(fixed["grid"][1])),
                 metadata=header,
