@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -164,7 +165,12 @@ def test_compare_runs_tabulates_each_result(tmp_path) -> None:
 
 def test_make_compare_without_its_run_folders_says_how_to_call_it() -> None:
     """Not argparse's usage of the script behind it: one line with the make command, before any setup."""
-    run = subprocess.run(["make", "-n", "compare", "FIRST=run_a"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    # Under `make test` the parent make's variables would turn this into a sub-make that prints
+    # "Entering directory": call it as a user's shell would.
+    env = {key: value for key, value in os.environ.items() if key not in {"MAKEFLAGS", "MAKELEVEL", "MFLAGS"}}
+    run = subprocess.run(
+        ["make", "-n", "compare", "FIRST=run_a"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode != 0 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and "make compare FIRST=run_a SECOND=run_b" in run.stderr
 
