@@ -16,6 +16,7 @@ from residual.data.sequences import SPLITS
 from residual.data.splits import VERSION as SPLIT_VERSION
 from residual.data.world import world_task_names
 from residual.models.pretrain import VERSION as PRETRAIN_VERSION
+from residual.libraries import LIBRARIES
 from residual.models.text import has_text_tower
 from residual.report.main_table import VERSION as MAIN_TABLE_VERSION
 from residual.report.tables import VERSION as TABLES_VERSION
@@ -106,13 +107,12 @@ def model_spec(wildcards):
 
 
 def local_weights(wildcards):
-    """A model's local checkpoint files or folders (`pretrained`; for transformers also `arch`), so
-    that replacing them reruns what depends on them."""
+    """A model's local checkpoint files or folders (its library's `checkpoint_fields`), so that
+    replacing them reruns what depends on them."""
     spec = config["models"][wildcards.model]
     if "pretrain" in spec:  # trained by the pipeline: the pretrain rule's output
         return [spec["pretrained"]]
-    candidates = [spec["pretrained"], spec["arch"] if spec["library"] == "transformers" else None]
-    return [path for path in candidates if path and Path(path).exists()]
+    return LIBRARIES[spec["library"]].local_checkpoints(spec)
 
 
 def dataset_source(wildcards):

@@ -28,7 +28,7 @@ def test_shipped_configs_validate(path: str) -> None:
 def test_paper_config_models() -> None:
     config = load_config(REPO / "config.yaml")
     assert active_models(config) == ["clip_l", "openclip_l", "blip_l", "vit_l", "dinov2_l"]
-    assert len(active_models({**config, "appendix_models": True})) == 7
+    assert len(active_models({**config, "appendix_models": True})) == 8
     assert len([d for d in config["datasets"].values() if d["role"] == "task"]) == 11
 
 

@@ -17,6 +17,8 @@ from chart_tables import synthetic_maps
 from conftest import REPO, TINY_DINOV2, TINY_OPEN_CLIP, TINY_TIMM, perturb
 from PIL import Image
 from test_blip import SPEC as TINY_BLIP
+from test_transformers import FAMILIES, SHAPES
+from test_transformers import spec as transformers_spec
 
 from residual import decompose, decompose_tokens, load_model, read_units
 from residual.alignment.classifier import ClassWeights, class_means_from_units
@@ -37,6 +39,7 @@ LIBRARIES = [
     pytest.param(TINY_DINOV2, id="timm-dinov2-registers"),
     pytest.param({**TINY_TIMM, "kwargs": {**TINY_TIMM["kwargs"], "qk_norm": True}}, id="timm-qk-norm"),
     pytest.param(TINY_BLIP, id="transformers-blip"),
+    *(pytest.param(transformers_spec(arch, FAMILIES[arch](SHAPES[1])), id=f"transformers-{arch}") for arch in ("CLIPModel", "ViTModel", "Dinov2Model")),
 ]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from open_clip import build_zero_shot_classifier
 
-from residual.models import LIBRARIES, LoadedModel, load_model
+from residual.models import LoadedModel, load_model
 from residual.models.text import NoTextTowerError, encode_text, zero_shot_classifier
 
 EMBED = 32
@@ -69,11 +69,3 @@ def test_timm_has_no_text_tower() -> None:
     )
     with pytest.raises(NoTextTowerError, match="class means"):
         encode_text(model, ["a dog"])
-
-
-@pytest.mark.parametrize("library", sorted(LIBRARIES))
-def test_adapters_with_a_text_tower_encode_text(library: str) -> None:
-    """The library table is the one place that says which models have a text tower: exactly those
-    adapters define `encode_text`."""
-    entry = LIBRARIES[library]
-    assert hasattr(entry.module(), "encode_text") == entry.text

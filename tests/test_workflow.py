@@ -82,7 +82,7 @@ def test_paper_dag_with_appendix_models(tmp_path) -> None:
     """The README's command: no --configfile (config.yaml is the default), one key changed with --config."""
     run = snakemake(tmp_path, "--config", "appendix_models=True", "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr
-    assert job_counts(run.stdout)["encode"] == 7 * 14 * 3
+    assert job_counts(run.stdout)["encode"] == 8 * 14 * 3  # and the authors' Hugging Face CLIP L/14-336
 
 
 def test_demo_dag(tmp_path) -> None:

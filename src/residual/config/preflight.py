@@ -15,9 +15,7 @@ Two kinds of problem, both reported all at once with the config key, the value a
 
 from __future__ import annotations
 
-import difflib
-import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +23,13 @@ from residual.config.validate import ConfigError, active_models
 from residual.data import imagefolder
 from residual.data.catalog import DATASETS
 from residual.data.sources import FILE_LOADERS, LOADERS
-from residual.models import LIBRARIES, looks_like_path
+from residual.libraries import HF_ID, LIBRARIES, suggest
+from residual.models import looks_like_path
 from residual.models.checkpoint import loading_kwargs
 from residual.models.tower import UnsupportedModelError
 
-BLIP_CLASS = "BlipForImageTextRetrieval"  # residual.models.blip_tower.ARCH, kept here to avoid importing transformers
 GENERATED_SIZES = ("random", "world")  # loaders whose image count is the entry's `size`
 IMAGEFOLDER_KEYS = ("table", "classes", "templates")  # keys of the user's own images only
-HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class PreflightError(ConfigError):
@@ -74,22 +71,20 @@ def require_inputs(
 
 def _model_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
     """Static problems of one `models:` entry: architecture, pretrained tag or file."""
-    key, library, arch, pretrained = f"models.{name}", spec["library"], spec["arch"], spec.get("pretrained")
+    key, library, pretrained = f"models.{name}", spec["library"], spec.get("pretrained")
     unsafe = loading_kwargs(spec.get("kwargs") or {})
     if unsafe:
         return [
             f"{key}.kwargs.{problem}; kwargs may not change how weights are loaded: remove it and give the weights file as `pretrained`"
             for problem in unsafe
         ]
-    depth = _depth(spec.get("kwargs") or {})
+    depth = LIBRARIES[library].vision_depth(spec)
     if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
         return [f"{key}.kwargs: {depth!r} blocks; a vision transformer needs at least one block to decompose into units"]
-    if library == "transformers":
-        return _transformers_problems(key, arch, pretrained, spec.get("kwargs") or {})
-    if isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file() and "pretrain" not in spec:
+    folders = "arch" in LIBRARIES[library].checkpoint_fields  # the library reads checkpoint folders and model ids
+    if not folders and isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file() and "pretrain" not in spec:
         return [f"{key}.pretrained: checkpoint file {pretrained!r} does not exist; fix the path, or use null for random init"]
-    problems = _open_clip_problems(key, arch, pretrained) if library == "open_clip" else _timm_problems(key, arch, pretrained)
-    return problems or _architecture_problems(key, spec)
+    return LIBRARIES[library].module().spec_problems(key, spec) or _architecture_problems(key, spec)
 
 
 def _architecture_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
@@ -98,6 +93,8 @@ def _architecture_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
     adapter = LIBRARIES[spec["library"]].module()
     try:
         module = adapter.skeleton(spec)
+        if module is None:  # the library builds no architecture without its checkpoint: the first job checks it
+            return []
     except TypeError as error:
         return [f"{key}.kwargs: {spec['library']} rejects {dict(spec.get('kwargs') or {})} for {spec['arch']!r} ({error}); fix `kwargs`"]
     except Exception:  # an operation the meta device lacks: the model's first job builds it for real, and checks it there
@@ -109,21 +106,11 @@ def _architecture_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _depth(kwargs: Mapping[str, Any]) -> Any:
-    """The vision tower's number of blocks where `kwargs` set it (timm `depth`, open_clip
-    `vision_cfg.layers`, BLIP `vision_config.num_hidden_layers`), else None."""
-    for parent, key in ((None, "depth"), ("vision_cfg", "layers"), ("vision_config", "num_hidden_layers")):
-        scope = kwargs if parent is None else kwargs.get(parent)
-        if isinstance(scope, Mapping) and key in scope:
-            return scope[key]
-    return None
-
-
 def _dataset_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
     """Static problems of one `datasets:` entry: loader, root, size and split fractions."""
     key, loader, problems = f"datasets.{name}", spec["loader"], []
     if loader not in LOADERS:
-        return [f"{key}.loader: unknown loader {loader!r}{_suggest(loader, LOADERS)}; known loaders: {sorted(LOADERS)}"]
+        return [f"{key}.loader: unknown loader {loader!r}{suggest(loader, LOADERS)}; known loaders: {sorted(LOADERS)}"]
     if loader in FILE_LOADERS and not spec.get("root"):
         problems.append(
             f"{key}.root: loader {loader!r} reads files, so `root` must name the folder that holds (or will hold) them"
@@ -143,53 +130,6 @@ def _dataset_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
     if split["rule"] == "resplit" and split["val"] + split["test"] >= 1:
         problems.append(
             f"{key}.split: val {split['val']} + test {split['test']} leaves nothing for train; their sum must be below 1"
-        )
-    return problems
-
-
-def _open_clip_problems(key: str, arch: str, pretrained: str | None) -> list[str]:
-    import open_clip
-
-    architectures = open_clip.list_models()
-    if arch not in architectures:
-        return [f"{key}.arch: open_clip has no architecture {arch!r}{_suggest(arch, architectures)}; open_clip.list_models() lists them"]
-    if pretrained is not None and not looks_like_path(pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        if pretrained not in tags:
-            return [
-                f"{key}.pretrained: open_clip has no weights {pretrained!r} for {arch!r}; its tags are {tags}, "
-                "or give a checkpoint file, or null for random init"
-            ]
-    return []
-
-
-def _timm_problems(key: str, arch: str, pretrained: str | None) -> list[str]:
-    import timm
-
-    base = arch.split(".")[0]
-    if not timm.is_model(base):
-        return [f"{key}.arch: timm has no architecture {arch!r}{_suggest(base, timm.list_models())}; timm.list_models() lists them"]
-    if pretrained is not None and not looks_like_path(pretrained):
-        tags = [name.split(".", 1)[1] for name in timm.list_pretrained(f"{base}.*")]
-        if pretrained not in tags:
-            return [
-                f"{key}.pretrained: timm has no weights {pretrained!r} for {base!r}; its tags are {tags}, "
-                "or give a checkpoint file, or null for random init"
-            ]
-    return []
-
-
-def _transformers_problems(key: str, arch: str, pretrained: str | None, kwargs: Mapping[str, Any]) -> list[str]:
-    problems = []
-    if arch != BLIP_CLASS and not Path(arch).is_dir() and not HF_ID.match(arch):
-        problems.append(
-            f"{key}.arch: {arch!r} is neither {BLIP_CLASS!r}, a checkpoint directory nor a Hugging Face model id (owner/name)"
-        )
-    if kwargs and arch != BLIP_CLASS:
-        problems.append(f"{key}.kwargs: only arch {BLIP_CLASS!r} takes kwargs (a checkpoint brings its own config); remove them")
-    if pretrained is not None and not Path(pretrained).exists() and not HF_ID.match(pretrained):
-        problems.append(
-            f"{key}.pretrained: {pretrained!r} is neither a weights file, a checkpoint directory nor a Hugging Face model id"
         )
     return problems
 
@@ -214,12 +154,12 @@ def _missing_dataset(name: str, spec: Mapping[str, Any]) -> str | None:
 
 
 def _missing_model(name: str, spec: Mapping[str, Any]) -> str | None:
-    """Hugging Face ids must already be in the local cache: the BLIP adapter never contacts the hub."""
+    """Hugging Face ids must already be in the local cache: the transformers adapter never contacts the hub."""
     if spec["library"] != "transformers":
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    for field in ("arch", "pretrained"):
+    for field in LIBRARIES["transformers"].checkpoint_fields:
         source = spec.get(field)
         if source and not Path(source).exists() and HF_ID.match(source):
             if not isinstance(try_to_load_from_cache(source, "config.json"), str):
@@ -229,11 +169,6 @@ def _missing_model(name: str, spec: Mapping[str, Any]) -> str | None:
                     "or point to a local checkpoint directory"
                 )
     return None
-
-
-def _suggest(value: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(value, list(known), n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
 def _raise(problems: list[str], summary: str) -> None:

@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from residual.libraries import LIBRARIES
+from residual.libraries import Library as Library
 from residual.models.checkpoint import loading_kwargs
 from residual.models.tower import Tower, UnsupportedModelError
 from residual.runtime.device import pick_device
 from residual.units.layout import UnitLayout
 from residual.units.unit_map import UnitMap
-
-
-@dataclass(frozen=True)
-class Library:
-    """A supported library and its adapter module, which defines `create(spec)` and `tower(module)`,
-    `encode_text(model, tokenizer, texts)` where the library's models have a text tower, and
-    `skeleton(spec)` (the architecture on the meta device) where preflight checks it (open_clip, timm)."""
-
-    adapter: str
-    text: bool
-
-    def module(self) -> ModuleType:
-        """The adapter, imported on first use (each imports its library, which takes seconds)."""
-        return importlib.import_module(self.adapter)
-
-
-LIBRARIES = {
-    "open_clip": Library("residual.models.openclip_tower", text=True),
-    "timm": Library("residual.models.timm_tower", text=False),
-    "transformers": Library("residual.models.blip_tower", text=True),
-}
 
 
 class ModelSpecError(ValueError):
@@ -83,7 +62,7 @@ class LoadedModel:
 def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "auto") -> LoadedModel:
     """Build one `models:` entry of the config.
 
-    spec keys: `library` (open_clip | timm | transformers), `arch` (the library's model name), `pretrained`
+    spec keys: `library` (one of `LIBRARIES`), `arch` (the library's model name), `pretrained`
     (a tag, a local checkpoint file, or None for random init seeded by `seed`, default 0),
     optional `kwargs` passed to the library's constructor (e.g. a smaller `img_size`).
     """
@@ -101,7 +80,9 @@ def load_model(spec: Mapping[str, Any], name: str | None = None, device: str = "
             "remove them and give the weights file as `pretrained`"
         )
     pretrained = spec.get("pretrained")
-    if library != "transformers" and isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file():
+    # A folder or a model id is a checkpoint only where the library reads checkpoint folders (`arch` among its fields).
+    folders = "arch" in LIBRARIES[library].checkpoint_fields
+    if not folders and isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file():
         raise ModelSpecError(
             f"model {name or spec['arch']!r}: checkpoint {pretrained!r} does not exist; fix `pretrained` or use null for random init"
         )

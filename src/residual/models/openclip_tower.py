@@ -14,6 +14,8 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
+from residual.libraries import suggest
+from residual.models import looks_like_path
 from residual.models.checkpoint import read_state_dict
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
@@ -34,6 +36,22 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     return model, preprocess, size, {"tokenizer": open_clip.get_tokenizer(arch)}
+
+
+def spec_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
+    """What preflight refuses in an entry: an architecture or weights tag open_clip does not know."""
+    arch, pretrained = spec["arch"], spec.get("pretrained")
+    architectures = open_clip.list_models()
+    if arch not in architectures:
+        return [f"{key}.arch: open_clip has no architecture {arch!r}{suggest(arch, architectures)}; open_clip.list_models() lists them"]
+    if pretrained is not None and not looks_like_path(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            return [
+                f"{key}.pretrained: open_clip has no weights {pretrained!r} for {arch!r}; its tags are {tags}, "
+                "or give a checkpoint file, or null for random init"
+            ]
+    return []
 
 
 def skeleton(spec: Mapping[str, Any]) -> nn.Module:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from residual.models import LIBRARIES, LoadedModel
+from residual.libraries import LIBRARIES
+from residual.models import LoadedModel
 
 Template = str | Callable[[str], str]
 
@@ -23,8 +24,8 @@ class NoTextTowerError(ValueError):
 
 
 def has_text_tower(spec: Mapping[str, Any]) -> bool:
-    """Whether a model entry of the config has a text tower: open_clip and BLIP do, timm models do not."""
-    return LIBRARIES[spec["library"]].text
+    """Whether a model entry of the config has a text tower (open_clip, transformers CLIP and BLIP), as its library says."""
+    return LIBRARIES[spec["library"]].text(spec)
 
 
 @torch.no_grad()
@@ -32,7 +33,7 @@ def encode_text(model: LoadedModel, texts: list[str], batch_size: int = 256) -> 
     """Texts -> their embeddings [n, d_out] float32 on the model's device, not normalised."""
     if not has_text_tower(model.spec):
         raise NoTextTowerError(
-            f"model {model.name!r} (timm) has no text tower: use the class means of its train outputs as the classifier"
+            f"model {model.name!r} ({model.spec['library']} {model.spec['arch']}) has no text tower: use the class means of its train outputs as the classifier"
         )
     tokenizer = model.extras.get("tokenizer")
     if tokenizer is None:

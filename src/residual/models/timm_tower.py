@@ -13,6 +13,8 @@ from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from residual.libraries import suggest
+from residual.models import looks_like_path
 from residual.models.checkpoint import read_state_dict
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
@@ -33,6 +35,22 @@ def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[
     preprocess = timm.data.create_transform(**config, is_training=False)
     _, height, width = config["input_size"]
     return model, preprocess, (height, width), {}
+
+
+def spec_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
+    """What preflight refuses in an entry: an architecture or weights tag timm does not know."""
+    arch, pretrained = spec["arch"], spec.get("pretrained")
+    base = arch.split(".")[0]
+    if not timm.is_model(base):
+        return [f"{key}.arch: timm has no architecture {arch!r}{suggest(base, timm.list_models())}; timm.list_models() lists them"]
+    if pretrained is not None and not looks_like_path(pretrained):
+        tags = [name.split(".", 1)[1] for name in timm.list_pretrained(f"{base}.*")]
+        if pretrained not in tags:
+            return [
+                f"{key}.pretrained: timm has no weights {pretrained!r} for {base!r}; its tags are {tags}, "
+                "or give a checkpoint file, or null for random init"
+            ]
+    return []
 
 
 def skeleton(spec: Mapping[str, Any]) -> nn.Module:

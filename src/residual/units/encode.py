@@ -18,6 +18,7 @@ from tqdm import tqdm
 from residual.data.sources import Source, prepare
 from residual.io.atomic import atomic_path
 from residual.io.tensors import TensorFileError
+from residual.libraries import LIBRARIES
 from residual.models import LoadedModel
 from residual.units.decompose import checked_values, trace
 from residual.units.store import UnitFileError, UnitWriter
@@ -130,7 +131,7 @@ def encode_split(
 
 def library_versions() -> dict[str, str]:
     versions = {}
-    for package in ("residual", "torch", "open_clip_torch", "timm", "transformers", "pyarrow"):
+    for package in ("residual", "torch", *(library.package for library in LIBRARIES.values()), "pyarrow"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
