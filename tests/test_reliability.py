@@ -145,7 +145,7 @@ def test_preflight_lists_every_problem_with_its_key(tmp_path: Path, no_network: 
         "models.vit_typo.arch: timm has no architecture 'vit_large_patch16_2240' (did you mean 'vit_large_patch16_224', ",
         "models.vit_tag.pretrained: timm has no weights 'in99k'",
         f"models.vit_file.pretrained: checkpoint file '{tmp_path / 'nope.safetensors'}' does not exist",
-        "models.blip_kwargs.kwargs: only arch 'BlipForImageTextRetrieval' takes kwargs",
+        "models.blip_kwargs.kwargs: only an architecture class (CLIPModel, ",
         "datasets.typo.loader: unknown loader 'cifar1O' (did you mean 'cifar10'",
         "datasets.rootless.root: loader 'imagenet' reads files",
         "datasets.sized.size: only the 'random' and 'world' loaders take a size",
