@@ -17,7 +17,8 @@ import yaml
 from conftest import REPO
 from torch import Tensor
 
-from residual.config.validate import ConfigError, validate_config
+from residual.config.errors import ConfigError
+from residual.config.validate import validate_config
 from residual.descriptions.components import component_ends
 from residual.descriptions.describe import (
     DescriptionSettings,

@@ -26,7 +26,7 @@ from residual.alignment.finetune import (
     finetune,
     tower_parameters,
 )
-from residual.config.validate import ConfigError
+from residual.config.errors import ConfigError
 from residual.data.sources import load_source
 from residual.data.splits import split_table
 from residual.models import LoadedModel

@@ -17,7 +17,8 @@ import yaml
 from conftest import REPO
 
 from residual.alignment.classifier import ClassWeights, class_means_from_units
-from residual.config.validate import ConfigError, validate_config
+from residual.config.errors import ConfigError
+from residual.config.validate import validate_config
 from residual.heads.scores import (
     ScoreOptions,
     StreamingCorrelation,

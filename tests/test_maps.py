@@ -22,7 +22,8 @@ from test_transformers import spec as transformers_spec
 
 from residual import decompose, decompose_tokens, load_model, read_units
 from residual.alignment.classifier import ClassWeights, class_means_from_units
-from residual.config.validate import ConfigError, validate_config
+from residual.config.errors import ConfigError
+from residual.config.validate import validate_config
 from residual.data.sources import load_source
 from residual.data.splits import split_table
 from residual.heads.maps import HeadMaps, MapFiles, MapOptions, head_maps, pick_images

@@ -18,9 +18,10 @@ from conftest import REPO
 from PIL import Image
 
 from residual.alignment.classifier import ClassifierSpec
+from residual.config.errors import ConfigError
 from residual.config.params import split_params
 from residual.config.preflight import check_config, missing_inputs
-from residual.config.validate import ConfigError, validate_config
+from residual.config.validate import validate_config
 from residual.data.imagefolder import DEFAULT_TEMPLATES
 from residual.data.sequences import DatasetError
 from residual.data.sources import class_templates, load_source

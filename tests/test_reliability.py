@@ -38,13 +38,14 @@ from polars.testing import assert_frame_equal
 from safetensors.torch import save_file
 
 from residual import load_model, read_units
+from residual.config.errors import ConfigError
 from residual.config.preflight import (
     PreflightError,
     check_config,
     missing_inputs,
     require_inputs,
 )
-from residual.config.validate import ConfigError, load_config, validate_config
+from residual.config.validate import load_config, validate_config
 from residual.data.sequences import DatasetError
 from residual.data.sources import load_source
 from residual.data.splits import read_split, split_table

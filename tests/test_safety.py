@@ -22,8 +22,9 @@ import torch
 import yaml
 from conftest import REPO, TINY_DINOV2, TINY_OPEN_CLIP
 
+from residual.config.errors import ConfigError
 from residual.config.preflight import PreflightError, check_config
-from residual.config.validate import ConfigError, read_yaml, validate_config
+from residual.config.validate import read_yaml, validate_config
 from residual.data.sequences import DatasetError
 from residual.data.sources import load_source
 from residual.data.splits import split_table

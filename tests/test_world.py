@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
 
-from residual.config.validate import ConfigError, validate_config
+from residual.config.errors import ConfigError
+from residual.config.validate import validate_config
 from residual.data import world
 from residual.data.sources import class_templates, load_source
 

@@ -51,8 +51,8 @@ from residual.alignment.training import (
     set_mode,
     trainable_state,
 )
+from residual.config.errors import ConfigError
 from residual.config.params import RuleParams
-from residual.config.validate import ConfigError
 from residual.data.sequences import DatasetError, Source
 from residual.data.splits import read_split, stratified_subset
 from residual.models import LoadedModel

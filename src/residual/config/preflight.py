@@ -19,7 +19,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from residual.config.validate import ConfigError, active_models
+from residual.config.errors import ConfigError
+from residual.config.validate import active_models
 from residual.data import imagefolder
 from residual.data.catalog import DATASETS
 from residual.data.sources import FILE_LOADERS, LOADERS

@@ -10,14 +10,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from residual.config.errors import ConfigError
 from residual.data.sequences import DatasetError
 from residual.data.world import expand_world_datasets
 
 SCHEMA = yaml.safe_load(files("residual.config").joinpath("schema.yaml").read_text())
-
-
-class ConfigError(ValueError):
-    """The config does not match the schema; the message names the key and what to do."""
 
 
 def _with_defaults(validator_class: type) -> type:

@@ -21,8 +21,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from residual.config.errors import ConfigError
 from residual.config.params import RuleParams
-from residual.config.validate import ConfigError
 from residual.io.atomic import atomic_path
 from residual.io.tensors import TensorFileError, open_tensors, save_tensors
 from residual.models import LoadedModel

@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import Normalize
 
 from residual.alignment.classifier import load_classifier
+from residual.config.errors import ConfigError
 from residual.config.params import RuleParams
-from residual.config.validate import ConfigError
 from residual.data.sequences import Source
 from residual.data.splits import read_split
 from residual.heads.probes import component_bases

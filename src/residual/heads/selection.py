@@ -21,8 +21,8 @@ import polars as pl
 import torch
 
 from residual.alignment.classifier import Logits
+from residual.config.errors import ConfigError
 from residual.config.params import RuleParams
-from residual.config.validate import ConfigError
 from residual.heads.inputs import device_batches, task_classifier
 from residual.heads.scores import SCORES, load_means, ranking, score_keys
 from residual.heads.zeroshot import unit_sum

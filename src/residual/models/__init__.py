@@ -11,13 +11,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+# A module reference, not its class: `units.unit_map` imports `models.tower`, which runs this file.
+import residual.units.unit_map as unit_maps
 from residual.libraries import LIBRARIES
 from residual.libraries import Library as Library
 from residual.models.checkpoint import loading_kwargs
 from residual.models.tower import Tower, UnsupportedModelError
 from residual.runtime.device import pick_device
 from residual.units.layout import UnitLayout
-from residual.units.unit_map import UnitMap
 
 
 class ModelSpecError(ValueError):
@@ -50,8 +51,8 @@ class LoadedModel:
         return self.unit_map.layout
 
     @cached_property
-    def unit_map(self) -> UnitMap:
-        return UnitMap.from_tower(self.tower)
+    def unit_map(self) -> unit_maps.UnitMap:
+        return unit_maps.UnitMap.from_tower(self.tower)
 
     @cached_property
     def embed_factor(self) -> Tensor:

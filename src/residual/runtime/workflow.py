@@ -8,16 +8,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
-
-from residual.config.validate import ConfigError
+from residual.config.errors import ConfigError
 from residual.io.atomic import WriteError
 
 
 @contextmanager
 def rule_context(snakemake: Any) -> Iterator[logging.Logger]:
     """Send stdout, stderr and logging to the rule's log file and use the rule's threads."""
-    torch.set_num_threads(max(1, int(snakemake.threads)))
+    # Only in jobs that compute with torch (their modules import it before this runs): a table or
+    # chart job must not pay seconds to import it for nothing.
+    if (torch := sys.modules.get("torch")) is not None:
+        torch.set_num_threads(max(1, int(snakemake.threads)))
     with open(snakemake.log[0], "w", buffering=1) as log:
         sys.stdout = sys.stderr = log
         logging.basicConfig(stream=log, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
