@@ -9,6 +9,11 @@ BIN := $(VENV)/bin
 CORES ?= 2
 CONFIG ?= config.yaml
 REPORT := results/report.html
+# The suite's output with its 25 slowest tests (pyproject's --durations), kept beside the benchmarks.
+TEST_DURATIONS := bench/results/test-durations.txt
+# pytest's status, not tee's, is the recipe's.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 
 .PHONY: setup demo report test lint compare conventions clean-results
 
@@ -32,7 +37,7 @@ report: setup
 	@echo "Report (opens offline in a browser): $(abspath $(REPORT))"
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest 2>&1 | tee $(TEST_DURATIONS)
 
 lint: setup
 	$(BIN)/ruff check .

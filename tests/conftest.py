@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import re
-import subprocess
-import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-import yaml
 from safetensors import safe_open
+from snakemake_runs import REPO as REPO  # the checkout, for the tests that import it from here
+from snakemake_runs import TINY, snakemake
 from torch import nn
-
-REPO = Path(__file__).resolve().parents[1]
 
 TINY_OPEN_CLIP = {
     "library": "open_clip",
@@ -90,21 +84,20 @@ def digit_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The tiny config run end to end from scratch (folder, Snakemake's output). Read-only for the
-    tests that share it: they may plan (dry runs) but not run jobs in it."""
-    import subprocess
-    import sys
-
+    tests that share it: they may plan (dry runs) in it, and run jobs in a `copy_run` of it."""
     workdir = tmp_path_factory.mktemp("tiny_run")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    run = subprocess.run(
-        [*command, "--configfile", str(REPO / "tests/configs/tiny.yaml"), "--cores", "2"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        cwd=workdir,
-    )
+    run = snakemake(workdir, "--cores", "2", configfiles=[TINY])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return workdir, run.stdout + run.stderr
+
+
+@pytest.fixture(scope="session")
+def paper_plan(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """What `snakemake -n` prints for config.yaml (the paper's DAG, every job with its wildcards and
+    resources, then the job-count table), built once for the tests that read it."""
+    run = snakemake(tmp_path_factory.mktemp("paper_plan"), "-n", configfiles=[REPO / "config.yaml"], timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
 
 
 def digest(path: Path) -> str:
@@ -122,17 +115,3 @@ def digest(path: Path) -> str:
 def results(workdir: Path) -> dict[str, str]:
     """Digests of every file under results/ (temporaries included, so leftovers show up)."""
     return {str(path.relative_to(workdir)): digest(path) for path in sorted((workdir / "results").rglob("*")) if path.is_file()}
-
-
-def planned(workdir: Path, config: dict[str, Any], scratch: Path, targets: Sequence[str] = (), checkout: Path = REPO) -> dict[str, int]:
-    """Jobs per rule that `snakemake -n` plans for `targets` (default: `all`) in `workdir` under `config`,
-    with the Snakefile of `checkout`."""
-    path = scratch / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(checkout / "Snakefile"), "--directory", str(workdir), "--nolock", *targets]
-    run = subprocess.run([*command, "--configfile", str(path), "-n", "--quiet", "rules"], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    if "Nothing to be done" in run.stdout + run.stderr:
-        return {}
-    table = run.stdout[run.stdout.index("job ") :].split("\n\n")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}

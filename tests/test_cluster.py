@@ -12,17 +12,16 @@ from __future__ import annotations
 import importlib.util
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, results
+from snakemake_runs import TINY, snakemake
 
 CLUSTER = REPO / "scripts/slurm-cluster.sh"
 # The README's cluster command; squeue because this cluster has no accounting database (sacct).
-COMMAND = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile", str(REPO / "profiles/slurm")]
 NO_ACCOUNTING = ["--slurm-status-command", "squeue"]
 # Test only: poll every 2 s instead of the plugin's 40 s first wait (jobs here take seconds).
 FAST_POLLING = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
@@ -59,13 +58,7 @@ def job_state(job_id: str) -> str:
 @pytest.mark.slow
 def test_slurm_profile_runs_every_remote_rule_as_a_slurm_job(cluster: None, tiny_run: tuple[Path, str], tmp_path: Path) -> None:
     local, _ = tiny_run
-    run = subprocess.run(
-        [*COMMAND, *TARGETS, *NO_ACCOUNTING, *FAST_POLLING, "--directory", str(tmp_path), "--configfile", str(REPO / "tests/configs/tiny.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
-    )
+    run = snakemake(tmp_path, "--profile", str(REPO / "profiles/slurm"), *TARGETS, *NO_ACCOUNTING, *FAST_POLLING, configfiles=[TINY], timeout=900)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-5000:]
 

@@ -8,6 +8,7 @@ import re
 import pytest
 import yaml
 from conftest import REPO
+from snakemake_runs import TINY, tiny_config
 
 from residual.config.validate import (
     ConfigError,
@@ -65,11 +66,6 @@ def test_mistakes_name_the_key(edit, message: str) -> None:
         validate_config(broken)
 
 
-def tiny_config() -> dict:
-    """The tiny test config as read from YAML, before validation (datasets digits and random)."""
-    return yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
-
-
 @pytest.mark.parametrize(
     ("edit", "key", "bad"),
     [
@@ -96,7 +92,7 @@ def test_id_datasets_default_to_the_reference_dataset() -> None:
     del config["analysis"]["id_datasets"]
     config["reference_dataset"] = "random"
     assert id_datasets(validate_config(config)) == ["random"]
-    assert id_datasets(load_config(REPO / "tests/configs/tiny.yaml")) == ["digits", "random"]
+    assert id_datasets(load_config(TINY)) == ["digits", "random"]
 
 
 @pytest.mark.parametrize(

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from conftest import REPO
+from snakemake_runs import snakemake, tiny_config
 from torch import Tensor
 
 from residual.config.errors import ConfigError
@@ -312,10 +310,6 @@ def test_a_table_of_models_without_text_tower_only() -> None:
 # Config ---------------------------------------------------------------------------------------
 
 
-def tiny_config() -> dict:
-    return yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
-
-
 def test_config_defaults_and_mistakes() -> None:
     config = validate_config(tiny_config())
     settings = DescriptionSettings.from_config(config)
@@ -340,11 +334,6 @@ def test_config_defaults_and_mistakes() -> None:
 def test_a_missing_dictionary_stops_a_dry_run(tmp_path: Path) -> None:
     config = tiny_config()
     config["descriptions"]["dictionary"]["source"] = str(tmp_path / "absent.txt")
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(tmp_path / "config.yaml"), "-n"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    run = snakemake(tmp_path, "-n", config=config, timeout=300)
     assert run.returncode != 0
     assert re.search(r"descriptions\.dictionary\.source.*absent\.txt.* does not exist", run.stdout + run.stderr)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
-from conftest import REPO, TINY_OPEN_CLIP
+from conftest import TINY_OPEN_CLIP
 from safetensors.torch import load_file
+from snakemake_runs import TINY, tiny_config
 
 from residual.alignment.classifier import (
     ClassifierSpec,
@@ -83,7 +83,7 @@ def test_options_take_every_training_key_and_the_run_seed() -> None:
     a rule's params gives the same options."""
     fields = {field.name for field in dataclasses.fields(TrainingOptions)}
     assert fields - {"seed", "lr"} <= set(SCHEMA["properties"]["training"]["properties"])
-    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config = tiny_config()
     changed = {
         "lambda_init": "ones", "logits": "normalized", "lr_residual": 0.5, "lr_adapter": 0.02, "lr_range_test": True,
         "batch_size": 16, "epochs": 4, "patience": 2, "published_code": True, "head_rank": "d_head",
@@ -98,7 +98,7 @@ def test_options_take_every_training_key_and_the_run_seed() -> None:
         assert getattr(options, field.name) != field.default, field.name
     assert TrainingOptions(**options.params()) == options
 
-    tiny = load_config(REPO / "tests/configs/tiny.yaml")
+    tiny = load_config(TINY)
     options = TrainingOptions.for_variant(tiny, "linear_adapter")
     assert options.seed == tiny["seed"] and options.lr == tiny["training"]["lr_adapter"]
     assert all(getattr(options, name) == tiny["training"][name] for name in fields - {"seed", "lr", "published_code", "head_rank"})

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, TINY_DINOV2, TINY_OPEN_CLIP
+from conftest import TINY_DINOV2, TINY_OPEN_CLIP
 from torch import Tensor
 
 from residual import load_model
@@ -166,15 +164,9 @@ def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path, split_path: Path
     assert "other settings or inputs" in caplog.text and result.epochs_run == 1
 
 
-def test_the_paper_dag_plans_a_gpu_finetune_job_per_model_and_task_dataset(tmp_path) -> None:
+def test_the_paper_dag_plans_a_gpu_finetune_job_per_model_and_task_dataset(paper_plan: str) -> None:
     """config.yaml: 5 models x 11 task datasets, each asking for the config's GPU."""
-    run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(REPO / "config.yaml"), "-n", "--until", "finetune"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    jobs = re.findall(r"^rule finetune:\n(.*?)\n\n", run.stdout, re.M | re.S)
+    jobs = re.findall(r"^rule finetune:\n(.*?)\n\n", paper_plan, re.M | re.S)
     assert len(jobs) == 5 * 11
     pairs = {tuple(re.search(r"wildcards: model=(\w+), dataset=(\w+)", job).groups()) for job in jobs}
     assert len(pairs) == 5 * 11

@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-import yaml
 from chart_tables import synthetic_maps
-from conftest import REPO, TINY_DINOV2, TINY_OPEN_CLIP, TINY_TIMM, perturb
+from conftest import TINY_DINOV2, TINY_OPEN_CLIP, TINY_TIMM, perturb
 from PIL import Image
+from snakemake_runs import tiny_config
 from test_blip import SPEC as TINY_BLIP
 from test_transformers import FAMILIES, SHAPES
 from test_transformers import spec as transformers_spec
@@ -165,7 +165,7 @@ def test_images_are_picked_per_class_with_the_seed() -> None:
 
 
 def test_map_options_come_from_the_config() -> None:
-    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config = tiny_config()
     config.update(maps={"classes": None, "heads": 3}, heads={"table_fraction": 0.1})
     validate_config(config, source="test")
     options = MapOptions.from_config(config)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 import yaml
 from conftest import REPO
 from PIL import Image
+from snakemake_runs import snakemake, tiny_config
 
 from residual.alignment.classifier import ClassifierSpec
 from residual.config.errors import ConfigError
@@ -29,7 +28,7 @@ from residual.data.splits import split_table
 from residual.io.tensors import open_tensors
 
 DOCS = REPO / "docs/datasets.md"
-TINY = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+TINY = tiny_config()
 # The docs' example tree: data/pets/{cat,dog,guinea_pig}/.
 PETS = ("cat", "dog", "guinea_pig")
 
@@ -215,9 +214,8 @@ def test_a_folder_of_images_goes_to_the_report_by_the_docs(tmp_path: Path) -> No
         "analysis": {key: value for key, value in TINY["analysis"].items() if key != "id_datasets"},  # the tiny run's datasets
     }
     (tmp_path / "pets.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", "pets.yaml"]
     for args in (["-n"], ["--cores", "2", "report_files"], ["--report", "results/report.html", "report_files"]):  # the docs' steps 3 and 4
-        run = subprocess.run([*command, *args], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        run = snakemake(tmp_path, *args, configfiles=[Path("pets.yaml")], timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (tmp_path / "results/report.html").stat().st_size > 100_000
     with open_tensors(tmp_path / "results/classifiers/clip_tiny/pets.safetensors", "classifier", "classifier") as (_, header):

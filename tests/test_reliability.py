@@ -32,10 +32,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 from conftest import REPO, digest, results
 from polars.testing import assert_frame_equal
 from safetensors.torch import save_file
+from snakemake_runs import TINY, command, copy_run, snakemake, tiny_config, write_config
 
 from residual import load_model, read_units
 from residual.config.errors import ConfigError
@@ -56,13 +56,7 @@ from residual.units.encode import EncodeSettings, encode_split
 from residual.units.guards import NonFiniteError
 from residual.units.store import UnitFile, UnitFileError
 
-TINY = REPO / "tests/configs/tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 SPLIT_RULE = {"rule": "resplit", "val": 0.1, "test": 0.1}
-
-
-def tiny() -> dict[str, Any]:
-    return yaml.safe_load(TINY.read_text())
 
 
 def with_datasets(config: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +69,7 @@ def with_datasets(config: dict[str, Any], datasets: dict[str, Any]) -> dict[str,
 
 
 def tiny_model_spec() -> dict[str, Any]:
-    return tiny()["models"]["dino_tiny"]
+    return tiny_config()["models"]["dino_tiny"]
 
 
 @pytest.fixture
@@ -86,18 +80,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-def snakemake(workdir: Path, *args: str, config: dict[str, Any] | None = None) -> subprocess.CompletedProcess:
-    """Run the workflow in `workdir` on `config` (written to workdir/config.yaml; default the tiny config)."""
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config or tiny()))
-    return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # Snakemake logs to both
-        text=True,
-        timeout=600,
-    )
 
 
 # 1. Config mistakes ----------------------------------------------------------------------------
@@ -113,14 +95,14 @@ def snakemake(workdir: Path, *args: str, config: dict[str, Any] | None = None) -
     ],
 )
 def test_schema_errors_name_the_key(change, message: str) -> None:
-    config = tiny()
+    config = tiny_config()
     change(config)
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
 
 
 def test_preflight_lists_every_problem_with_its_key(tmp_path: Path, no_network: None) -> None:
-    config = tiny()
+    config = tiny_config()
     config["models"] = {
         "clip_typo": {"library": "open_clip", "arch": "ViT-L-15", "pretrained": None},
         "clip_tag": {"library": "open_clip", "arch": "ViT-L-14", "pretrained": "laion9b"},
@@ -175,7 +157,7 @@ def test_shipped_configs_pass_preflight(path: str, no_network: None) -> None:
 def test_architectures_that_do_not_decompose_stop_the_preflight(model: dict[str, Any], message: str, no_network: None) -> None:
     """Found from the architecture alone (built without weights on the meta device), before any
     job: the splits no longer run first."""
-    config = tiny()
+    config = tiny_config()
     config["models"] = {"odd": {**model, "pretrained": None}}
     validate_config(config)
     with pytest.raises(PreflightError, match=rf"models\.odd\.arch: '{model['arch']}' does not decompose into residual units: {message}"):
@@ -183,7 +165,7 @@ def test_architectures_that_do_not_decompose_stop_the_preflight(model: dict[str,
 
 
 def test_kwargs_the_library_rejects_stop_the_preflight(no_network: None) -> None:
-    config = tiny()
+    config = tiny_config()
     config["models"]["dino_tiny"]["kwargs"]["depht"] = 2
     validate_config(config)
     with pytest.raises(PreflightError, match=r"models\.dino_tiny\.kwargs: timm rejects .*'depht'.*; fix `kwargs`"):
@@ -191,14 +173,14 @@ def test_kwargs_the_library_rejects_stop_the_preflight(no_network: None) -> None
 
 
 def test_missing_data_is_named_with_what_to_do(tmp_path: Path, no_network: None) -> None:
-    config = tiny()
+    config = tiny_config()
     config["models"]["blip"] = {"library": "transformers", "arch": "no-such-org/no-such-blip", "pretrained": None}
     with_datasets(config, {
         "imagenet": {"loader": "imagenet", "root": str(tmp_path / "imagenet"), "split": {"rule": "holdout", "val": 0.2}},
         "cifar_kept": {"loader": "cifar10", "root": str(tmp_path / "c1"), "download": False, "split": SPLIT_RULE},
         "cifar_fetched": {"loader": "cifar10", "root": str(tmp_path / "c2"), "split": SPLIT_RULE},
         "pacs": {"loader": "pacs", "root": str(tmp_path / "pacs"), "split": SPLIT_RULE},
-        "random": tiny()["datasets"]["random"],
+        "random": tiny_config()["datasets"]["random"],
     })
     validate_config(config)
     check_config(config)
@@ -216,28 +198,29 @@ def test_missing_data_is_named_with_what_to_do(tmp_path: Path, no_network: None)
 
 def test_snakemake_stops_on_config_mistakes_before_any_job(tmp_path: Path) -> None:
     """Schema errors (test_schema_errors_name_the_key) stop Snakemake at the same place, while it reads the config."""
-    config = tiny()
+    config = tiny_config()
     config["models"]["clip_tiny"]["arch"] = "ViT-B-23"
     run = snakemake(tmp_path, "-n", config=config)
-    assert run.returncode != 0, run.stdout
-    assert "models.clip_tiny.arch: open_clip has no architecture 'ViT-B-23' (did you mean 'ViT-B-32'" in run.stdout
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert "models.clip_tiny.arch: open_clip has no architecture 'ViT-B-23' (did you mean 'ViT-B-32'" in run.stdout + run.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
 
 def test_missing_user_data_warns_in_dry_runs_and_stops_real_runs(tmp_path: Path) -> None:
-    config = tiny()
+    config = tiny_config()
     del config["models"]["clip_tiny"]
     config["datasets"]["imagenet"] = {"loader": "imagenet", "root": "data/imagenet", "split": {"rule": "holdout", "val": 0.2}}
     expected = f"datasets.imagenet: {tmp_path / 'data/imagenet'} lacks train/, val/. ImageNet needs a login"
 
     dry = snakemake(tmp_path, "-n", config=config)
-    assert dry.returncode == 0, dry.stdout
-    assert "Preflight: a real run that needs this stops before its first job: " + expected in dry.stdout
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "Preflight: a real run that needs this stops before its first job: " + expected in dry.stdout + dry.stderr
 
     real = snakemake(tmp_path, "--cores", "1", config=config)
     assert real.returncode != 0
-    assert "PreflightError" in real.stdout and "inputs are missing; no job was started" in real.stdout
-    assert expected in real.stdout
+    output = real.stdout + real.stderr
+    assert "PreflightError" in output and "inputs are missing; no job was started" in output
+    assert expected in output
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
     assert not list((tmp_path / ".snakemake/locks").glob("*")), "the lock must be released"
 
@@ -432,7 +415,7 @@ UNITS = "results/units/dino_tiny/random"
 
 def slow_config() -> dict[str, Any]:
     """One tiny model on 600 random images encoded one at a time: the train split takes ~1 s to write."""
-    config = tiny()
+    config = tiny_config()
     config["models"] = {"dino_tiny": config["models"]["dino_tiny"]}
     with_datasets(config, {"random": {**config["datasets"]["random"], "size": 600}})
     config["encode"]["batch_size"] = 1
@@ -449,7 +432,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run from scratch."""
     workdir = tmp_path_factory.mktemp("reference")
     run = snakemake(workdir, "--cores", "2", *TARGETS, config=slow_config())
-    assert run.returncode == 0, run.stdout[-3000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return workdir
 
 
@@ -458,11 +441,10 @@ def interrupt(workdir: Path, sig: signal.Signals, *targets: str, watch: str = f"
     `watch` appears that was not there before (one left by an earlier kill does not count). By
     default: while the encode job writes train.parquet."""
     config = config or slow_config()
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *targets]
+    interrupted = command(workdir, "--cores", "2", *targets, configfiles=[write_config(workdir, config)])
     earlier = set(workdir.glob(watch))
     with open(workdir / "interrupted.log", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(interrupted, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 300
         while not set(workdir.glob(watch)) - earlier:
             assert process.poll() is None and time.monotonic() < deadline, (workdir / "interrupted.log").read_text()
@@ -501,7 +483,7 @@ def test_killed_encodes_leave_nothing_a_rerun_accepts_and_the_rerun_equals_an_un
 
     assert snakemake(tmp_path, "--unlock", config=slow_config()).returncode == 0  # SIGKILL leaves Snakemake's lock
     rerun = snakemake(tmp_path, "--cores", "2", *TARGETS, config=slow_config())
-    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "left by a writer that was killed" in (tmp_path / "logs/encode/dino_tiny/random/train.log").read_text()
     assert_same_results(tmp_path, reference)  # byte for byte; no temporary is left over
 
@@ -512,19 +494,24 @@ TRAINING = "results/train/clip_tiny/digits"
 def slow_training_config() -> dict[str, Any]:
     """The whole tiny DAG for one model, with one variant trained for many short epochs (batches of
     8, no early stop) so that the job can be killed between epochs."""
-    config = tiny()
+    config = tiny_config()
     config["models"] = {"clip_tiny": config["models"]["clip_tiny"]}
     config["training"].update(variants=["residual_full"], epochs=150, patience=150, batch_size=8)
     return config
 
 
-def test_killed_training_resumes_and_the_whole_run_equals_an_uninterrupted_one(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_killed_training_resumes_and_the_whole_run_equals_an_uninterrupted_one(
+    tiny_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """SIGTERM, then SIGKILL, once the training job has saved an epoch; the rerun resumes from the
-    saved epoch. Both runs start from scratch in other processes, so every table (decomposition,
-    intrinsic dimension, similarity, training) is also checked for run-to-run determinism."""
-    reference, workdir = tmp_path_factory.mktemp("training_reference"), tmp_path_factory.mktemp("training_killed")
+    saved epoch. Both runs start from copies of the completed tiny run, where the changed training
+    settings rerun the training and everything after it (its tables in other processes, so those
+    are also checked for run-to-run determinism; the encode test above checks the units')."""
+    reference = copy_run(tiny_run[0], tmp_path_factory.mktemp("training_reference"))
+    workdir = copy_run(tiny_run[0], tmp_path_factory.mktemp("training_killed"))
     run = snakemake(reference, "--cores", "2", config=slow_training_config())
-    assert run.returncode == 0, run.stdout[-3000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "rule train:" in run.stdout + run.stderr and "rule encode:" not in run.stdout + run.stderr, "only what follows the training reruns"
     checkpoint = f"{TRAINING}/.residual_full.resume.safetensors"
     assert not (reference / checkpoint).exists(), "a finished run removes its resume checkpoint"
 
@@ -537,7 +524,7 @@ def test_killed_training_resumes_and_the_whole_run_equals_an_uninterrupted_one(t
 
     assert snakemake(workdir, "--unlock", config=slow_training_config()).returncode == 0
     rerun = snakemake(workdir, "--cores", "2", config=slow_training_config())
-    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "resumed from" in (workdir / "logs/train/clip_tiny/digits/residual_full.log").read_text()
     assert_same_results(workdir, reference)
     tables = sorted(path.name for path in (reference / "results/tables").glob("*.parquet"))
@@ -569,8 +556,8 @@ def test_open_clip_on_digits_is_bit_identical_across_processes(tmp_path: Path) -
     for seed in ("1", "2"):
         (tmp_path / seed).mkdir()
         environment = {**os.environ, "PYTHONHASHSEED": seed}
-        command = [sys.executable, "-c", ENCODE_ONE_SPLIT, str(TINY), str(tmp_path / seed)]
-        runs.append(subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        encode = [sys.executable, "-c", ENCODE_ONE_SPLIT, str(TINY), str(tmp_path / seed)]
+        runs.append(subprocess.Popen(encode, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     for run in runs:
         assert run.wait(timeout=300) == 0, run.stdout.read().decode()[-3000:]
     for name in ("units/val.parquet", "unit_map.safetensors"):

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass
 from html import unescape
@@ -26,6 +24,7 @@ from conftest import REPO
 from docutils.core import publish_parts
 from jinja2 import Environment
 from PIL import Image, ImageStat
+from snakemake_runs import TINY, copy_run, snakemake, tiny_config
 
 from residual.config.validate import validate_config
 from residual.report.charts import save_chart, styled
@@ -140,7 +139,7 @@ def test_the_report_text_reads_config_values_as_text() -> None:
     """The report's description and captions, rendered as Snakemake renders them (Jinja, then
     reStructuredText to HTML, with its link targets appended), show the run's name and its model
     and dataset names as text, whatever markup they hold."""
-    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config = tiny_config()
     config["run_name"] = HOSTILE_RUN_NAME
     config["models"] = {"m_": config["models"]["clip_tiny"], "Workflow_": config["models"]["dino_tiny"]}
     config["datasets"]["digits__"] = config["datasets"].pop("digits")
@@ -167,12 +166,10 @@ def report(tiny_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory)
     read-only), renamed HOSTILE_RUN_NAME: the report's files (runtime table and chart, and every
     table again under the new name), then the report."""
     workdir = tmp_path_factory.mktemp("report") / "run"
-    shutil.copytree(tiny_run[0], workdir, symlinks=True)
+    copy_run(tiny_run[0], workdir)
     (workdir / "renamed.yaml").write_text(yaml.safe_dump({"run_name": HOSTILE_RUN_NAME}))
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(REPO / "tests/configs/tiny.yaml"), str(workdir / "renamed.yaml")]  # fmt: skip
     for args in (["--cores", "2", "report_files"], ["--report", "results/report.html", "report_files"]):
-        run = subprocess.run([*command, *args], capture_output=True, text=True, timeout=600, cwd=workdir)
+        run = snakemake(workdir, *args, configfiles=[TINY, workdir / "renamed.yaml"], timeout=600)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return workdir / "results/report.html"
 

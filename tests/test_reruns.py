@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import REPO, planned
+from conftest import REPO
+from snakemake_runs import copy_run, planned, tiny_config
 
 from residual.config.params import canonical, model_params, source_params, split_params
 
-TINY = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+TINY = tiny_config()
 
 # The tiny run: 2 models (clip_tiny with a text tower, dino_tiny without), a task dataset (digits,
 # the reference) and an analysis dataset (random), 3 splits, 6 variants trained on units and one
@@ -212,7 +212,7 @@ def test_a_moved_checkout_with_its_completed_run_plans_nothing(tiny_run: tuple[P
             shutil.copytree(source, moved / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(source, moved / part)
-    shutil.copytree(workdir, moved, symlinks=True, dirs_exist_ok=True)
+    copy_run(workdir, moved)
     assert planned(moved, TINY, tmp_path, checkout=moved) == NOTHING
 
 

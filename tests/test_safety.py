@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,8 +18,8 @@ from typing import Any
 import polars as pl
 import pytest
 import torch
-import yaml
-from conftest import REPO, TINY_DINOV2, TINY_OPEN_CLIP
+from conftest import TINY_DINOV2, TINY_OPEN_CLIP
+from snakemake_runs import TINY, snakemake, tiny_config
 
 from residual.config.errors import ConfigError
 from residual.config.preflight import PreflightError, check_config
@@ -33,22 +32,16 @@ from residual.models import ModelSpecError, load_model
 from residual.report.tables import flag_few_samples, to_markdown
 from residual.runtime.workflow import rule_context
 
-TINY = REPO / "tests/configs/tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
-
-def tiny() -> dict[str, Any]:
-    return yaml.safe_load(TINY.read_text())
-
-
-def dry_run(workdir: Path, configfile: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(configfile), "-n"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+@pytest.fixture(scope="module")
+def tiny_plan(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess:
+    """`snakemake -n` of the tiny config from scratch (every job with its inputs), with a `residual`
+    package earlier on the path (another installed version) that fails when imported."""
+    workdir = tmp_path_factory.mktemp("tiny_plan")
+    impostor = workdir / "site/residual"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("raise ImportError('the installed residual was imported, not the checkout')\n")
+    return snakemake(workdir, "-n", configfiles=[TINY], env={**os.environ, "PYTHONPATH": str(workdir / "site")}, timeout=600)
 
 
 class _Planted:
@@ -73,7 +66,7 @@ def test_kwargs_that_change_how_weights_load_are_refused(tmp_path: Path, kwargs:
     key = next(iter(kwargs))
     with pytest.raises(ModelSpecError, match=rf"`kwargs` may not change how weights are loaded \({key}"):
         load_model(spec, name="clip_tiny", device="cpu")
-    config = tiny()
+    config = tiny_config()
     config["models"] = {"clip_tiny": spec}
     with pytest.raises(PreflightError, match=rf"models\.clip_tiny\.kwargs\.{key}"):
         check_config(validate_config(config))
@@ -100,7 +93,7 @@ def test_duplicate_config_keys_are_refused_with_their_lines(tmp_path: Path) -> N
     last = len(path.read_text().splitlines()) - 1
     with pytest.raises(ConfigError, match=rf"{path}: key 'encode' is given twice \(lines {first} and {last}\); keep one"):
         read_yaml(path)
-    run = dry_run(tmp_path, path)
+    run = snakemake(tmp_path, "-n", configfiles=[path], timeout=600)
     assert run.returncode != 0
     assert f"key 'encode' is given twice (lines {first} and {last})" in run.stdout + run.stderr
 
@@ -119,11 +112,11 @@ def test_binary_and_malformed_config_files_name_the_file(tmp_path: Path) -> None
 # 3. Every file a job reads is an input -------------------------------------------------------------
 
 
-def test_every_job_that_reads_a_unit_file_declares_its_unit_map(tmp_path: Path) -> None:
+def test_every_job_that_reads_a_unit_file_declares_its_unit_map(tiny_plan: subprocess.CompletedProcess) -> None:
     """Planned from scratch, every job's inputs are printed: a job reading units of a model also
     reads (and so declares) that model's unit map, which turns them into output space. The
     decomposition table reads the files' metadata only."""
-    run = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "-n"], capture_output=True, text=True, timeout=600)
+    run = tiny_plan
     assert run.returncode == 0, run.stderr[-2000:]
     checked = set()
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout):
@@ -180,7 +173,7 @@ def test_rows_on_few_samples_are_flagged() -> None:
     ids=["float batch size", "misspelt device", "timm depth 0", "open_clip layers 0", "root of a generated dataset"],
 )
 def test_config_mistakes_name_the_key_and_value(change: Any, message: str) -> None:
-    config = tiny()
+    config = tiny_config()
     change(config)
     with pytest.raises(ConfigError, match=message):
         check_config(validate_config(config))
@@ -228,14 +221,9 @@ def test_rule_context_reports_a_write_failure_in_one_line(tmp_path: Path) -> Non
 # 7. One source of the package ---------------------------------------------------------------------
 
 
-def test_the_workflow_imports_this_checkout_whatever_is_installed(tmp_path: Path) -> None:
+def test_the_workflow_imports_this_checkout_whatever_is_installed(tiny_plan: subprocess.CompletedProcess) -> None:
     """A `residual` package earlier on the path (another installed version) is not the one used."""
-    impostor = tmp_path / "site/residual"
-    impostor.mkdir(parents=True)
-    (impostor / "__init__.py").write_text("raise ImportError('the installed residual was imported, not the checkout')\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    run = dry_run(tmp_path, TINY, env=env)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert tiny_plan.returncode == 0, tiny_plan.stdout[-2000:] + tiny_plan.stderr[-2000:]
 
 
 # 8. Markdown tables ------------------------------------------------------------------------------

@@ -1,39 +1,17 @@
-"""The Snakemake workflow: lint, the paper's and the demo's DAGs, and one end-to-end run."""
+"""The Snakemake workflow: the paper's and the demo's DAGs, and one end-to-end run (`make lint`, which CI
+runs, lints the workflow on every shipped config)."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
-import pytest
 import torch
 from conftest import REPO
+from snakemake_runs import TINY, job_counts, snakemake
 
 from residual import read_units
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, timeout=1200, cwd=workdir
-    )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    table = output[output.index("job "):].split("\n\n")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
-
-
-@pytest.mark.parametrize("config", ["config.yaml", "configs/demo.yaml", "configs/architectures.yaml", "tests/configs/tiny.yaml"])
-def test_lint_is_clean(tmp_path, config: str) -> None:
-    run = snakemake(tmp_path, "--configfile", str(REPO / config), "--lint")
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "Congratulations, your workflow is in a good condition" in run.stdout + run.stderr
-
 
 # One job per chart and per LaTeX table of `all` (rules/charts.smk).
 CHARTS = ["intrinsic_dimension_by_layer", "intrinsic_dimension_ratio", "intrinsic_dimension_heads", "similarity_heads",
@@ -41,13 +19,11 @@ CHARTS = ["intrinsic_dimension_by_layer", "intrinsic_dimension_ratio", "intrinsi
 REPORT_JOBS = {**{f"chart_{chart}": 1 for chart in CHARTS}, **{f"latex_{table}": 1 for table in ("similarity", "intrinsic_dimension")}}
 
 
-def test_paper_dag_plans_without_network(tmp_path) -> None:
+def test_paper_dag_plans_without_network(paper_plan: str) -> None:
     """config.yaml: 5 ViT-L models x 14 datasets x 3 splits, 13 datasets with files to fetch or check,
     11 task datasets x 6 variants trained on units and fine-tuned, 13 datasets compared with ImageNet,
     TwoNN on ImageNet, 11 task datasets with zero-shot rows (val, test), head scores and head selections."""
-    run = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "-n", "--quiet", "rules")
-    assert run.returncode == 0, run.stderr
-    assert job_counts(run.stdout) == {
+    assert job_counts(paper_plan) == {
         "download": 13,
         "split": 14,
         "unit_map": 5,
@@ -87,7 +63,7 @@ def test_paper_dag_with_appendix_models(tmp_path) -> None:
 
 def test_demo_dag(tmp_path) -> None:
     """The demo: one CLIP pretrained by the pipeline, the world (reference) with 4 attribute tasks, and random."""
-    run = snakemake(tmp_path, "--configfile", str(REPO / "configs/demo.yaml"), "-n", "--quiet", "rules")
+    run = snakemake(tmp_path, "-n", "--quiet", "rules", configfiles=[REPO / "configs/demo.yaml"])
     assert run.returncode == 0, run.stderr
     tasks, datasets = 4, 6
     kinds = ("decomposition", "intrinsic_dimension", "similarity", "training", "main", "zeroshot", "head_scores",
@@ -103,7 +79,6 @@ def test_demo_dag(tmp_path) -> None:
 
 def test_tiny_config_end_to_end(tiny_run: tuple[Path, str]) -> None:
     tmp_path, output = tiny_run
-    config = str(REPO / "tests/configs/tiny.yaml")
     assert "results/tables/decomposition.md" in output
 
     table = pl.read_parquet(tmp_path / "results/tables/decomposition.parquet")
@@ -155,7 +130,7 @@ def test_tiny_config_end_to_end(tiny_run: tuple[Path, str]) -> None:
     assert set(described["model"]) == {"clip_tiny"} and described["unit"].n_unique() == 2 * 4  # both layers' heads
     assert descriptions.filter(pl.col("model") == "dino_tiny")["note"].str.contains("no text tower").all()
 
-    again = snakemake(tmp_path, "--configfile", config, "--cores", "2", "-n")
+    again = snakemake(tmp_path, "--cores", "2", "-n", configfiles=[TINY])
     assert "Nothing to be done" in again.stdout + again.stderr
 
 

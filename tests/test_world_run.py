@@ -14,14 +14,13 @@ on some seeds only, and so top-5% U|T beats random on 4, 1 and 4 of the 4 tasks.
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
-from conftest import REPO, planned
+from conftest import REPO
+from snakemake_runs import planned, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +34,7 @@ TASKS = {"world_shape": "shape", "world_colour": "colour", "world_background": "
 @pytest.fixture(scope="module")
 def world_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("world_run")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    run = subprocess.run(
-        [*command, *TARGETS, "--configfile", str(CONFIG), "--cores", "2"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=workdir,
-    )
+    run = snakemake(workdir, "--cores", "2", *TARGETS, configfiles=[CONFIG], timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return workdir
 
