@@ -16,8 +16,6 @@ from torch import Tensor, nn
 from residual.models.checkpoint import loading_kwargs
 from residual.models.tower import Tower, UnsupportedModelError
 from residual.runtime.device import pick_device
-from residual.units.layout import UnitLayout
-from residual.units.unit_map import UnitMap
 
 
 @dataclass(frozen=True)
@@ -66,17 +64,10 @@ class LoadedModel:
     device: torch.device
     extras: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def layout(self) -> UnitLayout:
-        return self.unit_map.layout
-
     @cached_property
-    def unit_map(self) -> UnitMap:
-        return UnitMap.from_tower(self.tower)
-
-    @cached_property
-    def embed_factor(self) -> Tensor:
-        """(gamma[:, None] * P) [D, d_out]: a model-space contribution -> its stored emb/MLP value."""
+    def output_factor(self) -> Tensor:
+        """(gamma[:, None] * P) [D, d_out]: a model-space contribution of the emb or an MLP unit ->
+        its stored value (the tower's `output_factor`, computed once)."""
         return self.tower.output_factor()
 
 
