@@ -90,7 +90,8 @@ def stage(module: str) -> int:
         (len(prefix), position)
         for position, (_, prefixes) in enumerate(STAGES)
         for prefix in prefixes
-        if module == prefix or module.startswith(prefix + ".")
+        # the root names its own `__init__` only: a new top-level module needs a stage of its own
+        if module == prefix or (prefix != PACKAGE and module.startswith(prefix + "."))
     ]
     if not matches:
         raise ValueError(f"{module} belongs to no stage: add its package to STAGES in {Path(__file__).name}")
@@ -184,5 +185,6 @@ def test_the_checks_find_what_they_must(tmp_path: Path) -> None:
     assert found["residual.units.c"] == {"residual.io", "residual.io.a"}
     assert cycles(found) == [["residual.io.a", "residual.io.b"]]
     assert upward(found) == ["residual.models (models) -> residual.units (units)", "residual.models (models) -> residual.units.c (units)"]
-    with pytest.raises(ValueError, match="residual_other belongs to no stage"):
-        stage("residual_other")
+    for unstaged in ("residual_other", "residual.libraries"):
+        with pytest.raises(ValueError, match=f"{unstaged} belongs to no stage"):
+            stage(unstaged)
