@@ -29,8 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from residual.io.tables import write_table
 from residual.report.compare import CONVENTIONS, compare_runs, summarise
-from residual.report.tables import write_table
 
 # One row per difference between the paper and the authors' code (docs/conventions.md): what each
 # side computes, the convention that chooses, and which results it can move.

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from residual import decompose, load_model, trace
 from residual.models import LoadedModel
+from residual.units.unit_map import layout_of
 
 TARGET = 1.25
 
@@ -103,7 +104,7 @@ def main() -> None:
         for key, values in timings.items()
     ]
     load_end = list(os.getloadavg())
-    layout = model.layout
+    layout = layout_of(model.tower)
     line, passed = headline(name, ratio, TARGET)
     kwargs = f" {json.dumps(args.kwargs)}" if args.kwargs else ""
     text = "\n".join(

@@ -47,6 +47,7 @@ from residual.runtime.device import pick_device
 from residual.spectral.pca import fit_unit_file
 from residual.units.encode import EncodeSettings, encode_split
 from residual.units.store import UnitFile
+from residual.units.unit_map import UnitMap
 
 METHODS = ("finetune", "residual_full")
 VAL, TEST = 32, 16
@@ -135,7 +136,7 @@ def measure_residual_full(args: argparse.Namespace, device: torch.device) -> dic
     model = load_model(model_spec(args), device=str(device))
     with tempfile.TemporaryDirectory() as folder:
         unit_map = Path(folder) / "unit_map.safetensors"
-        model.unit_map.save(unit_map)
+        UnitMap.from_tower(model.tower).save(unit_map)
         start = time.perf_counter()
         paths = {}
         for split in ("train", "val", "test"):

@@ -39,6 +39,7 @@ from residual.config.validate import load_config
 from residual.data.classnames import openai_classes, openai_templates
 from residual.models.text import has_text_tower
 from residual.units.layout import UnitLayout
+from residual.units.unit_map import layout_of
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench/results"
@@ -168,7 +169,7 @@ def sizes(job: Job, config: dict[str, Any], splits: dict[str, int]) -> tuple[flo
     if job.rule == "split":
         return sum(splits.values()), sum(splits.values()), sum(splits.values())
     model = ARCHS[job.wildcards[0]]
-    layout = model.layout
+    layout = layout_of(model.tower)
     units = layout.count + 1  # and the model's own embedding
     if job.rule == "unit_map":
         return model.parameters(), model.parameters(), layout.layers * layout.heads * layout.head_dim * layout.out_dim

@@ -41,6 +41,7 @@ from residual.models import LoadedModel
 from residual.report.tables import authors_bytes_per_sample
 from residual.units.encode import EncodeSettings, SplitImages, encode_split
 from residual.units.store import UnitFile
+from residual.units.unit_map import UnitMap, layout_of
 
 RATIO_TARGET = 0.5
 READBACK_TARGET = 1e-3
@@ -102,7 +103,7 @@ def main() -> None:
     threads = set_threads(args.threads)
     model = load_model(model_spec(args), device=args.device)
     env = environment(model.device, threads)
-    layout, tower = model.layout, model.tower
+    layout, tower = layout_of(model.tower), model.tower
     authors = authors_bytes_per_sample(tower.layers, tower.heads, tower.head_dim, tower.width)
     source, rows = random_split(args.samples, args.seed)
 
@@ -112,7 +113,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         map_path = Path(folder) / "unit_map.safetensors"
-        model.unit_map.save(map_path)
+        UnitMap.from_tower(model.tower).save(map_path)
         map_bytes = map_path.stat().st_size
         for dtype in args.dtypes:
             path = Path(folder) / f"units_{dtype}.parquet"

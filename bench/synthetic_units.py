@@ -12,6 +12,7 @@ import torch
 from residual.models import LoadedModel
 from residual.units.decompose import RawUnits
 from residual.units.store import UnitWriter
+from residual.units.unit_map import UnitMap, layout_of
 
 BATCH = 500
 
@@ -22,8 +23,8 @@ def synthetic_unit_file(model: LoadedModel, samples: int, folder: Path, seed: in
     show (ln_std 1-3), labels uniform in [0, classes). Returns the unit file's path."""
     folder.mkdir(parents=True, exist_ok=True)
     map_path, path = folder / "unit_map.safetensors", folder / "units.parquet"
-    digest = model.unit_map.save(map_path)
-    layout = model.layout
+    digest = UnitMap.from_tower(model.tower).save(map_path)
+    layout = layout_of(model.tower)
     generator = torch.Generator().manual_seed(seed)
     rank = max(2, layout.head_dim // 4)
     head_mix = torch.randn(layout.layers, layout.heads, rank, layout.head_dim, generator=generator)

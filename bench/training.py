@@ -10,6 +10,7 @@ checkpoint digest, the test pass); repetitions are interleaved.
 
     .venv/bin/python bench/training.py --arch ViT-B-32 --samples 800 --name training_clip_b32
     .venv/bin/python bench/training.py --arch ViT-L-14 --samples 2000 --name training_vit_l14
+    .venv/bin/python bench/training.py --device cuda --name training_clip_b32_cuda
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from residual.alignment.classifier import ZeroShotClassifier, class_mean_classif
 from residual.alignment.training import TrainSettings, train
 from residual.alignment.variants import SpectralReweighting, build_variant
 from residual.models import LoadedModel
+from residual.runtime.device import pick_device
 from residual.spectral.pca import fit_unit_file
 
 TARGET = 500.0
@@ -39,13 +41,15 @@ class GeneralReweighting(SpectralReweighting):
 
 
 def bare_samples_per_second(model: LoadedModel, batch: int, reps: int) -> list[float]:
-    images = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    images = (torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(model.device)
     rates = []
     with torch.no_grad():
         model.tower.encode(images)  # warm-up
         for _ in range(reps):
+            synchronize(model.device)
             start = time.perf_counter()
             model.tower.encode(images)
+            synchronize(model.device)
             rates.append(batch / (time.perf_counter() - start))
     return rates
 
@@ -57,24 +61,29 @@ def main() -> None:
     parser.add_argument("--forward-batch", type=int, default=16)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=["residual_full", "residual_fine"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto, ...")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--name", default="training")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     threads = set_threads(args.threads)
-    model = load_model({"library": "open_clip", "arch": args.arch, "pretrained": None}, device="cpu")
+    device = pick_device(args.device)
+    spec = {"library": "open_clip", "arch": args.arch, "pretrained": None}
+    model = load_model(spec, device="cpu")  # the synthetic units are written on the CPU, as for PCA's benchmark
     with tempfile.TemporaryDirectory() as folder:
         path = synthetic_unit_file(model, args.samples, Path(folder))
         reference = fit_unit_file(path)
         stored = read_units(path)
+    if device.type != "cpu":
+        model = load_model(spec, device=str(device))
     bare = bare_samples_per_second(model, args.forward_batch, args.reps)
     del model
-    rows, record = [], {"environment": environment(torch.device("cpu"), threads), "bare_samples_per_second": bare, "variants": {}}
+    rows, record = [], {"environment": environment(device, threads), "bare_samples_per_second": bare, "variants": {}}
     lines = []
     for variant in args.variants:
         plan, _ = build_variant(variant, reference, "ones", 0)
-        features = plan.features(stored, "cpu")
-        small = features.select(torch.arange(64))  # val and test: a few samples, their cost is not the point
+        features = plan.features(stored, device)
+        small = features.select(torch.arange(64, device=device))  # val and test: a few samples, their cost is not the point
         classifier = ZeroShotClassifier(class_mean_classifier(features.embedding, features.labels, int(features.labels.max()) + 1))
         seconds: dict[tuple[str, int], list[float]] = {}
         lambdas = {}
@@ -83,9 +92,11 @@ def main() -> None:
                 for epochs in (1, 3):
                     module = build_variant(variant, reference, "ones", 0)[1] if path_name == "folded" else GeneralReweighting(plan, "ones", 0)
                     settings = TrainSettings(variant, 0.8, seed=0, epochs=epochs, patience=30)
-                    synchronize(torch.device("cpu"))
+                    module, classifier = module.to(device), classifier.to(device)
+                    synchronize(device)
                     start = time.perf_counter()
                     result = train(module, features, small, small, classifier, settings)
+                    synchronize(device)
                     seconds.setdefault((path_name, epochs), []).append(time.perf_counter() - start)
                     lambdas[path_name] = result.best_state["lambdas"]
         difference = float((lambdas["folded"] - lambdas["general"]).abs().max())
@@ -102,7 +113,7 @@ def main() -> None:
             ratio = entry["folded_ratio"]
             lines.append(f"RATIO residual_full epoch samples/s / bare forward samples/s = {ratio:.0f} (target >= {TARGET:g}): {'PASS' if ratio >= TARGET else 'FAIL'}")
     text = [
-        f"{args.arch} (random init), {args.samples} synthetic samples through its unit map; CPU, {threads} threads; "
+        f"{args.arch} (random init), {args.samples} synthetic samples through its unit map; {device}, {threads} threads; "
         f"bare forward {statistics.median(bare):.2f} samples/s (batch {args.forward_batch}, median of {args.reps})",
         f"{args.reps} interleaved repetitions; 2 shared cores: other jobs ran beside this one",
         "",

@@ -9,8 +9,8 @@ import torch
 
 from residual.heads.maps import HeadMaps
 from residual.heads.selection import ALL_HEADS, ALL_UNITS, LABELS
+from residual.io.tables import with_keys
 from residual.report.map_charts import map_cells
-from residual.report.tables import with_keys
 
 SHAPES = {"model_a": (6, 4), "model_b": (4, 3)}  # layers, heads
 DATASETS = ["digits", "random"]

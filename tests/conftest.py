@@ -64,6 +64,7 @@ def digit_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from residual.data.sources import load_source
     from residual.data.splits import split_table
     from residual.units.encode import EncodeSettings, encode_split
+    from residual.units.unit_map import UnitMap
 
     folder = tmp_path_factory.mktemp("digit_units")
     model = load_model(TINY_OPEN_CLIP, name="clip_tiny", device="cpu")
@@ -71,7 +72,7 @@ def digit_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     source = load_source("digits", {"loader": "digits"}, 42)
     rows = split_table(source, {"rule": "resplit", "val": 0.2, "test": 0.2, "subset": 150}, 42, "digits")
     unit_map = folder / "unit_map.safetensors"
-    model.unit_map.save(unit_map)
+    UnitMap.from_tower(model.tower).save(unit_map)
     paths = {}
     for split in ("train", "val", "test"):
         paths[split] = folder / "digits" / f"{split}.parquet"

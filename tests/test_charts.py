@@ -19,11 +19,11 @@ from chart_tables import TABLES
 from conftest import REPO
 from PIL import Image
 
+from residual.io.tables import DEMO_NOTE, to_latex
 from residual.report.charts import save_chart
 from residual.report.figures import FIGURES, render
 from residual.report.paper_tables import PAPER_TABLES, main_summary
 from residual.report.runtime import pattern_regex, runtime_summary, runtime_table
-from residual.report.tables import DEMO_NOTE, to_latex
 
 
 def items(node: Any) -> Iterator[dict]:

@@ -25,6 +25,7 @@ from residual.data.classnames import openai_templates
 from residual.models import load_model
 from residual.models.text import zero_shot_classifier
 from residual.units.store import read_units
+from residual.units.unit_map import UnitMap
 
 DIGITS = {"loader": "digits", "split": {"rule": "resplit", "val": 0.2, "test": 0.2, "subset": 60}}
 CLASSES = [str(digit) for digit in range(10)]
@@ -46,7 +47,7 @@ def dino_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     source = load_source("digits", DIGITS, 42)
     train = split_table(source, DIGITS["split"], 42, "digits").filter(pl.col("split") == "train")
     unit_map = folder / "unit_map.safetensors"
-    model.unit_map.save(unit_map)
+    UnitMap.from_tower(model.tower).save(unit_map)
     paths = {}
     for name, rows in (("train", train), ("no_nine", train.filter(pl.col("label") != 9))):
         paths[name] = folder / f"{name}.parquet"

@@ -22,7 +22,7 @@ from residual.spectral.tables import intrinsic_dimension_table, sample_positions
 from residual.units.decompose import trace
 from residual.units.layout import is_head
 from residual.units.store import StoredUnits, read_units
-from residual.units.unit_map import UnitMap, constant_shares
+from residual.units.unit_map import UnitMap, constant_shares, layout_of
 
 
 def test_both_ln_constant_splits_sum_to_the_embedding(images) -> None:
@@ -38,7 +38,7 @@ def test_both_ln_constant_splits_sum_to_the_embedding(images) -> None:
 
     # Direct formula: y_u(per_layer) - y_u(per_unit) = (a_u - 1/N) (beta @ P - (mu / s) gamma @ P),
     # with a_u = 1/(2L+1) for emb and MLPs and 1/((2L+1)H) for heads.
-    layout, tower = model.layout, model.tower
+    layout, tower = layout_of(model.tower), model.tower
     gamma, beta = tower.final_norm.weight.detach().double(), tower.final_norm.bias.detach().double()
     proj = tower.proj.detach().double()
     constant = beta @ proj - (raw.ln_mean.double() / raw.ln_std.double())[:, None] * (gamma @ proj)  # [B, d_out]

@@ -12,6 +12,7 @@ from residual.models import ModelSpecError
 from residual.models.tower import UnsupportedModelError
 from residual.units.guards import TOLERANCE, DecompositionError, check_decomposition
 from residual.units.layout import UnitLayout
+from residual.units.unit_map import UnitMap, layout_of
 
 FULL_SIZE = [
     pytest.param({"library": "open_clip", "arch": "ViT-B-32", "pretrained": None}, id="open_clip-ViT-B-32"),
@@ -35,7 +36,7 @@ def test_units_sum_to_the_embedding(spec: dict) -> None:
     perturb(model.module)
     images = torch.randn(2, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
     result = decompose(model, images)
-    layout = model.layout
+    layout = layout_of(model.tower)
     assert result.values.shape == (2, 1 + layout.layers + layout.layers * layout.heads, layout.out_dim)
     assert result.names == layout.names
     assert result.error <= TOLERANCE
@@ -63,7 +64,7 @@ def test_head_outputs_match_timm_own_attention(images: torch.Tensor) -> None:
     handle = attn.proj.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 0]))
     raw = trace(model, images)
     handle.remove()
-    heads, head_dim = model.layout.heads, model.layout.head_dim
+    heads, head_dim = layout_of(model.tower).heads, layout_of(model.tower).head_dim
     assert torch.allclose(raw.heads[:, 1].reshape(len(images), heads * head_dim), seen[0], atol=1e-5)
 
 
@@ -80,7 +81,7 @@ def test_head_outputs_match_torch_multihead_attention(images: torch.Tensor) -> N
     weights = block.attn(x, x, x, need_weights=True, average_attn_weights=False)[1]  # [B, H, N, N]
     width = x.shape[-1]
     values = x @ block.attn.in_proj_weight[2 * width :].T + block.attn.in_proj_bias[2 * width :]
-    heads, head_dim = model.layout.heads, model.layout.head_dim
+    heads, head_dim = layout_of(model.tower).heads, layout_of(model.tower).head_dim
     values = values.reshape(*values.shape[:2], heads, head_dim)  # [B, N, H, dh]
     expected = torch.einsum("bhn,bnhk->bhk", weights[:, :, 0], values)
     assert torch.allclose(raw.heads[:, 0], expected, atol=1e-5)
@@ -92,11 +93,13 @@ def test_layer_scale_is_applied() -> None:
     perturb(model.module)
     images = torch.randn(2, 3, *model.input_size)
     assert decompose(model, images).error <= TOLERANCE
+    unit_map = UnitMap.from_tower(model.tower)
     with torch.no_grad():
-        model.module.blocks[0].ls1.gamma.mul_(3.0)  # the model changes; a stale unit map must not fit
+        model.module.blocks[0].ls1.gamma.mul_(3.0)  # the model changes; the map made before must not fit
     raw = trace(model, images)
-    stale = raw.values(model.unit_map)
+    stale = raw.values(unit_map)
     assert (stale.sum(dim=1) - raw.embedding).abs().max() > 1e-3
+    assert decompose(model, images).error <= TOLERANCE  # decompose maps with the model as it is now
 
 
 def test_checkpoint_file_round_trip(tmp_path, images: torch.Tensor) -> None:

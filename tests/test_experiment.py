@@ -175,13 +175,13 @@ def test_checkpoint_is_kept_and_resumed(inputs: dict[str, Any], tmp_path: Path, 
     whole, whole_best = run(inputs, "residual_full")
     run(inputs, "residual_full", options("residual_full", epochs=1), checkpoint)
     assert checkpoint.is_file()
-    with caplog.at_level(logging.INFO, logger="residual.alignment.training"):
+    with caplog.at_level(logging.INFO, logger="residual.alignment.epochs"):
         resumed, resumed_best = run(inputs, "residual_full", checkpoint=checkpoint)
     assert "resumed from" in caplog.text and "after epoch 1" in caplog.text
     assert resumed == whole and torch.equal(resumed_best["lambdas"], whole_best["lambdas"])
     assert checkpoint.is_file()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="residual.alignment.training"):
+    with caplog.at_level(logging.INFO, logger="residual.alignment.epochs"):
         rerun, _ = run(inputs, "residual_full", checkpoint=checkpoint)
     assert "after epoch 2" in caplog.text and "epoch 3" not in caplog.text
     assert rerun == whole

@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from residual.io.tables import latex_escape, markdown_escape, write_table
 from residual.report.main_table import MEAN, RATIO, caption, main_table, paper_layout
-from residual.report.tables import latex_escape, markdown_escape, write_table
 
 VARIANTS = ["base", "residual_fine", "residual_full", "residual_coarse", "spectral_adapter", "linear_adapter", "finetune"]
 LABELS = dict(zip(VARIANTS, ["zero-shot", "ResiDual*", "ResiDual", "Optimized", "spectral adapter", "linear adapter", "fine-tune"]))

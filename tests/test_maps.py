@@ -33,6 +33,7 @@ from residual.report.map_charts import DISPLAY, map_cells, overlay, textspan_tex
 from residual.spectral.pca import fit_unit_file
 from residual.units.guards import TOLERANCE
 from residual.units.layout import is_head
+from residual.units.unit_map import layout_of
 
 LIBRARIES = [
     pytest.param(TINY_OPEN_CLIP, id="open_clip"),
@@ -50,15 +51,15 @@ def test_token_parts_sum_to_each_heads_unit(spec: dict) -> None:
     perturb(model.module)
     images = torch.randn(2, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
     parts = decompose_tokens(model, images)
-    heads = [name for name in model.layout.names if is_head(name)]
+    heads = [name for name in layout_of(model.tower).names if is_head(name)]
     rows, columns = parts.grid
-    assert parts.names == heads and parts.tokens.shape == (2, len(heads), len(parts.prefix) + rows * columns, model.layout.out_dim)
+    assert parts.names == heads and parts.tokens.shape == (2, len(heads), len(parts.prefix) + rows * columns, layout_of(model.tower).out_dim)
     assert parts.error <= TOLERANCE
     # The units are decompose's own, bit for bit: the token split runs in the same forward.
-    positions = [model.layout.index(name) for name in heads]
+    positions = [layout_of(model.tower).index(name) for name in heads]
     # The same forward pass: agreement to float32 rounding, whatever the CPU's kernels.
     torch.testing.assert_close(parts.units, decompose(model, images).values[:, positions], rtol=0, atol=1e-6)
-    assert parts.patches.shape == (2, len(heads), rows, columns, model.layout.out_dim)
+    assert parts.patches.shape == (2, len(heads), rows, columns, layout_of(model.tower).out_dim)
     # The CLS token and the registers are kept apart from the patch grid.
     expected = ("cls", "register_0", "register_1", "register_2", "register_3") if spec is TINY_DINOV2 else ("cls",)
     assert parts.prefix == expected
@@ -69,7 +70,7 @@ def test_a_head_that_attends_to_one_patch_has_its_whole_map_there() -> None:
     only the patch at (1, 2) carries strongly (its position embedding), so it attends to that patch alone."""
     model = load_model(TINY_TIMM, device="cpu")
     module, (row, column) = model.module, (1, 2)
-    columns, width, head_dim = model.tower.grid[1], model.layout.heads * model.layout.head_dim, model.layout.head_dim
+    columns, width, head_dim = model.tower.grid[1], layout_of(model.tower).heads * layout_of(model.tower).head_dim, layout_of(model.tower).head_dim
     with torch.no_grad():
         module.pos_embed[0, 1 + row * columns + column, 0] += 1000.0  # one prefix token, the CLS
         qkv = module.blocks[0].attn.qkv
@@ -81,7 +82,7 @@ def test_a_head_that_attends_to_one_patch_has_its_whole_map_there() -> None:
     images = torch.randn(3, 3, *model.input_size, generator=torch.Generator().manual_seed(2))
     parts = decompose_tokens(model, images, ["head_0_0", "head_1_2"])
     assert parts.error <= TOLERANCE
-    direction = torch.randn(model.layout.out_dim, generator=torch.Generator().manual_seed(3))
+    direction = torch.randn(layout_of(model.tower).out_dim, generator=torch.Generator().manual_seed(3))
     focused = parts.patches[:, 0] @ direction  # [B, rows, columns]
     elsewhere = focused.clone()
     elsewhere[:, row, column] = 0

@@ -17,9 +17,9 @@ from test_charts import data_marks, scenegraph, texts
 from test_heads import LAYOUT, identity_map
 
 from residual.heads.probes import ProbeOptions, balanced_accuracy, best_attributes, probe_units, probes_summary
+from residual.io.tables import DEMO_NOTE
 from residual.report.figures import FIGURES, render
 from residual.report.probe_charts import NONE
-from residual.report.tables import DEMO_NOTE
 from residual.spectral.pca import fit_unit_file
 from residual.units.decompose import RawUnits
 from residual.units.layout import OUTPUT

@@ -55,6 +55,7 @@ from residual.units.decompose import decompose
 from residual.units.encode import EncodeSettings, encode_split
 from residual.units.guards import NonFiniteError
 from residual.units.store import UnitFile, UnitFileError
+from residual.units.unit_map import UnitMap
 
 SPLIT_RULE = {"rule": "resplit", "val": 0.1, "test": 0.1}
 
@@ -239,7 +240,7 @@ def encode_random(model: LoadedModel, folder: Path, split: str = "train") -> Pat
     rows = split_table(source, SPLIT_RULE, 42, "random").filter(pl.col("split") == split)
     unit_map = folder / "unit_map.safetensors"
     if not unit_map.exists():
-        model.unit_map.save(unit_map)
+        UnitMap.from_tower(model.tower).save(unit_map)
     output = folder / "units" / f"{split}.parquet"
     encode_split(model, source, rows, output, unit_map, EncodeSettings(batch_size=8, rows_per_group=8))
     return output
@@ -390,7 +391,7 @@ def test_empty_or_damaged_splits_name_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_units_stop_encoding_naming_unit_samples_and_file(tmp_path: Path, value: float) -> None:
     broken = load_model(tiny_model_spec(), name="dino_tiny", device="cpu")
-    broken.unit_map.save(tmp_path / "unit_map.safetensors")
+    UnitMap.from_tower(broken.tower).save(tmp_path / "unit_map.safetensors")
     with torch.no_grad():  # layer 1's heads blow up; emb, layer 0 and every unit map entry stay finite
         broken.module.blocks[1].attn.qkv.weight[:, 0] = value
     output = tmp_path / "units/train.parquet"
@@ -540,11 +541,12 @@ from residual import load_model
 from residual.data.sources import load_source
 from residual.data.splits import split_table
 from residual.units.encode import EncodeSettings, encode_split
+from residual.units.unit_map import UnitMap
 config, out = yaml.safe_load(open(sys.argv[1])), Path(sys.argv[2])
 model = load_model({**config["models"]["clip_tiny"], "seed": config["seed"]}, name="clip_tiny", device="cpu")
 source = load_source("digits", config["datasets"]["digits"], config["seed"])
 rows = split_table(source, config["datasets"]["digits"]["split"], config["seed"], "digits").filter(pl.col("split") == "val")
-model.unit_map.save(out / "unit_map.safetensors")
+UnitMap.from_tower(model.tower).save(out / "unit_map.safetensors")
 encode_split(model, source, rows, out / "units/val.parquet", out / "unit_map.safetensors", EncodeSettings(batch_size=8, rows_per_group=16))
 """
 

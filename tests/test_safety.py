@@ -28,8 +28,9 @@ from residual.data.sequences import DatasetError
 from residual.data.sources import load_source
 from residual.data.splits import split_table
 from residual.io.atomic import WriteError, atomic_path
+from residual.io.tables import to_markdown
 from residual.models import ModelSpecError, load_model
-from residual.report.tables import flag_few_samples, to_markdown
+from residual.report.tables import flag_few_samples
 from residual.runtime.workflow import rule_context
 
 

@@ -16,7 +16,7 @@ from residual.data.sequences import ArrayImages, Source
 from residual.data.splits import split_table
 from residual.units.encode import EncodeSettings, encode_split
 from residual.units.store import UnitFile, UnitFileError
-from residual.units.unit_map import UnitMap
+from residual.units.unit_map import UnitMap, layout_of
 
 
 def _source(count: int = 24) -> Source:
@@ -31,7 +31,7 @@ def _encode(tmp_path, spec: dict, dtype: str, count: int = 24):
     source = _source(count)
     rows = split_table(source, {"rule": "resplit", "val": 0.25, "test": 0.25}, seed=0).filter(pl.col("split") == "train")
     map_path = tmp_path / "model" / "unit_map.safetensors"
-    model.unit_map.save(map_path)
+    UnitMap.from_tower(model.tower).save(map_path)
     output = tmp_path / "model" / "data" / f"train-{dtype}.parquet"
     result = encode_split(model, source, rows, output, map_path, EncodeSettings(dtype, batch_size=5, rows_per_group=7))
     images = torch.stack([model.preprocess(source.parts["all"][i][0]) for i in rows["index"].to_list()])
@@ -69,7 +69,7 @@ def test_tiny_layer_scales_survive_float16(tmp_path) -> None:
     model = load_model(TINY_DINOV2, device="cpu")  # not perturbed: layer scales stay at 1e-5
     source = _source(15)
     rows = split_table(source, {"rule": "resplit", "val": 0.2, "test": 0.2}, seed=0)
-    model.unit_map.save(tmp_path / "m" / "unit_map.safetensors")
+    UnitMap.from_tower(model.tower).save(tmp_path / "m" / "unit_map.safetensors")
     result = encode_split(model, source, rows, tmp_path / "m" / "d" / "all.parquet", tmp_path / "m" / "unit_map.safetensors")
     assert result.readback_error <= 1e-3
 
@@ -87,7 +87,7 @@ def test_one_unit_reads_one_column(tmp_path, monkeypatch) -> None:
     names = ["head_1_2", "mlp_0"]
     stored = read_units(output, names)
     assert requested == [["sample_id", "label", "ln_mean", "ln_std", "embedding", *names]]
-    indices = [model.layout.index(name) for name in names]
+    indices = [layout_of(model.tower).index(name) for name in names]
     assert torch.allclose(stored.values, expected.values[:, indices], rtol=1e-5, atol=1e-6)
 
 
@@ -107,7 +107,7 @@ def test_batches_equal_whole_reads(tmp_path) -> None:
 def test_metadata_describes_the_file(tmp_path) -> None:
     model, rows, output, result, _ = _encode(tmp_path, TINY_OPEN_CLIP, "float16")
     metadata = json.loads(pq.ParquetFile(output).metadata.metadata[b"residual"])
-    assert metadata["units"] == model.layout.names
+    assert metadata["units"] == layout_of(model.tower).names
     assert metadata["dtype"] == "float16"
     assert metadata["samples"] == rows.height
     assert metadata["decomposition_error"] == result.decomposition_error

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from markdown_it import MarkdownIt
 
-from residual.report.tables import DEMO_NOTE, latex_escape, to_latex, to_markdown, write_table
+from residual.io.tables import DEMO_NOTE, latex_escape, to_latex, to_markdown, write_table
 
 TABLE = pl.DataFrame({"model": ["clip_b", "vit_l"], "dataset": ["cifar_10", "dtd"], "accuracy": [0.91234, None], "k": [3, 12]})
 # Texts a run name or a dictionary may hold that Markdown, HTML or LaTeX would read as markup.

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from test_adapters import reference_of, toy_units
 
 from residual.alignment.classifier import ZeroShotClassifier, class_mean_classifier
+from residual.alignment.epochs import TrainingDivergedError
 from residual.alignment.features import Features
 from residual.alignment.training import (
-    TrainingDivergedError,
     TrainResult,
     TrainSettings,
     accuracy,
@@ -98,7 +98,7 @@ def test_two_runs_are_bit_identical() -> None:
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     whole = run("residual_full", 0.8, tmp_path / "whole.safetensors", init="randn", epochs=7, patience=30)
     run("residual_full", 0.8, tmp_path / "parts.safetensors", init="randn", epochs=2, patience=30)
-    with caplog.at_level(logging.INFO, logger="residual.alignment.training"):
+    with caplog.at_level(logging.INFO, logger="residual.alignment.epochs"):
         resumed = run("residual_full", 0.8, tmp_path / "parts.safetensors", init="randn", epochs=7, patience=30)
     assert "resumed from" in caplog.text and "after epoch 2" in caplog.text
     assert resumed.epochs_run == 7
@@ -112,13 +112,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, caplog: pytest.Log
 def test_checkpoint_of_other_settings_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     checkpoint = tmp_path / "run.safetensors"
     run("residual_full", 0.8, checkpoint, epochs=2)
-    with caplog.at_level(logging.WARNING, logger="residual.alignment.training"):
+    with caplog.at_level(logging.WARNING, logger="residual.alignment.epochs"):
         changed = run("residual_full", 0.5, checkpoint, epochs=3)
     assert "other settings or inputs" in caplog.text
     assert_same(changed, run("residual_full", 0.5, epochs=3))
     checkpoint.write_bytes(b"not a safetensors file")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="residual.alignment.training"):
+    with caplog.at_level(logging.WARNING, logger="residual.alignment.epochs"):
         assert_same(run("residual_full", 0.5, checkpoint, epochs=3), changed)
     assert "unreadable" in caplog.text
 

@@ -1,5 +1,5 @@
 from residual.heads.halves import head_halves
-from residual.report.tables import with_keys, write_table
+from residual.io.tables import with_keys, write_table
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context
 

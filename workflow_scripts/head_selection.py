@@ -1,7 +1,7 @@
 import polars as pl
 
 from residual.heads.selection import SelectionOptions, evaluate_selections, plan_selections
-from residual.report.tables import with_keys, write_table
+from residual.io.tables import with_keys, write_table
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context
 from residual.units.store import UnitFile

@@ -1,5 +1,6 @@
 from residual.heads.tables import overlap_summary, overlap_table, scores_summary, selection_summary, zeroshot_summary
-from residual.report.tables import concat_tables, with_keys, write_table
+from residual.io.tables import with_keys, write_table
+from residual.report.tables import concat_tables
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:

@@ -1,5 +1,6 @@
+from residual.io.tables import write_table
 from residual.report.main_table import caption, main_table, paper_layout
-from residual.report.tables import concat_tables, write_table
+from residual.report.tables import concat_tables
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:

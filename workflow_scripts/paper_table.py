@@ -1,8 +1,8 @@
 """One of the paper's tables as standalone booktabs LaTeX."""
 import polars as pl
 
+from residual.io.tables import write_table
 from residual.report.paper_tables import PAPER_TABLES
-from residual.report.tables import write_table
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:

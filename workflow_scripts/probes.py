@@ -1,6 +1,6 @@
 from residual.data.world import ATTRIBUTES
 from residual.heads.probes import ProbeOptions, probe_units
-from residual.report.tables import with_keys, write_table
+from residual.io.tables import with_keys, write_table
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context
 

@@ -1,6 +1,6 @@
 """Wall time and memory of every job of the run, from the rules' benchmark files."""
+from residual.io.tables import with_keys, write_table
 from residual.report.runtime import runtime_summary, runtime_table
-from residual.report.tables import with_keys, write_table
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:

@@ -1,4 +1,4 @@
-from residual.report.tables import with_keys, write_table
+from residual.io.tables import with_keys, write_table
 from residual.runtime.workflow import rule_context
 from residual.spectral.pca import UnitPCA
 from residual.spectral.tables import similarity_table

@@ -1,4 +1,5 @@
-from residual.report.tables import concat_tables, layer_summary, write_table
+from residual.io.tables import write_table
+from residual.report.tables import concat_tables, layer_summary
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:

@@ -1,9 +1,5 @@
-from residual.report.tables import (
-    accuracy_summary,
-    concat_tables,
-    flag_few_samples,
-    write_table,
-)
+from residual.io.tables import write_table
+from residual.report.tables import accuracy_summary, concat_tables, flag_few_samples
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:

@@ -1,7 +1,7 @@
 import polars as pl
 
 from residual.heads.zeroshot import zero_shot
-from residual.report.tables import write_table
+from residual.io.tables import write_table
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context
 

@@ -8,10 +8,9 @@ patience 5; the best epoch is tested. Train images go through the model's own tr
 parameter the model's embedding depends on (`tower_parameters`): open_clip's `visual`, a timm ViT
 without its unused classifier head, BLIP's vision model and `vision_proj`; the rest stays frozen.
 
-The loop's pieces are the feature-training loop's (`residual.alignment.training`): optimizer,
-train/eval mode switching, the (seed, epoch) batch order, the checkpoint (trainable parameters,
-optimizer state and best parameters, written atomically after every epoch, resumed only when its
-digest matches) and the divergence error. Each train image's augmentation is drawn from a generator
+The epoch loop is unit training's (`residual.alignment.epochs`): optimizer, train/eval mode
+switching, the (seed, epoch) batch order, divergence check, early stopping, best-epoch restore and
+the checkpoint (resumed only when its digest matches). Each train image's augmentation is drawn from a generator
 seeded with (seed, epoch, row), so the images do not depend on the order, the DataLoader workers
 or an interruption: on the CPU a resumed run equals an uninterrupted one bit for bit. On CUDA the
 forward runs under bf16 autocast where the device supports it (`bf16`, float rounding only).
@@ -21,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import math
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,20 +34,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from residual.alignment.classifier import Logits, ZeroShotClassifier, load_classifier
-from residual.alignment.training import (
-    Progress,
-    TrainResult,
-    TrainSettings,
-    diverged,
-    epoch_batches,
-    hash_tensors,
-    load_checkpoint,
-    load_parameters,
-    make_optimizer,
-    save_checkpoint,
-    set_mode,
-    trainable_state,
-)
+from residual.alignment.epochs import Checkpoint, LoopSettings, epoch_batches, hash_tensors, make_optimizer, run_epochs
+from residual.alignment.names import FINETUNE, LABEL
+from residual.alignment.training import TrainResult
 from residual.config.errors import ConfigError
 from residual.config.params import RuleParams
 from residual.data.sequences import DatasetError, Source
@@ -58,10 +44,6 @@ from residual.data.splits import read_split, stratified_subset
 from residual.models import LoadedModel
 from residual.units.encode import SplitImages
 
-log = logging.getLogger(__name__)
-
-FINETUNE = "finetune"
-LABEL = "fine-tune"
 FORMAT = "residual-finetune/1"
 VERSION = "finetune/1"  # bump when a change to this module changes the results it writes
 
@@ -95,7 +77,6 @@ class FinetuneOptions(RuleParams):
             max_train_images=finetune["max_train_images"],
             seed=config["seed"],
         )
-
 
 
 @dataclass(frozen=True)
@@ -174,56 +155,36 @@ def finetune(
     for split, images in (("train", data.train), ("val", data.val), ("test", data.test)):
         if not len(images):
             raise ValueError(f"{FINETUNE}: the {split} split has no images")
-    if options.epochs < 1:
-        raise ValueError(f"{FINETUNE}: epochs must be at least 1, got {options.epochs}")
     module, device = model.module, model.device
     classifier.eval()
     tower = set(tower_parameters(model))
     for name, parameter in module.named_parameters():
         parameter.requires_grad_(name in tower)
     parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
-    settings = TrainSettings(
-        FINETUNE, options.lr, options.seed, options.epochs, options.patience, options.batch_size, runtime.eval_batch_size
-    )
     digest = _digest(model, classifier, options, data)
     optimizer = make_optimizer(parameters, options.lr)
-    progress, best_state = Progress(), trainable_state(module)
-    if checkpoint is not None and Path(checkpoint).is_file():
-        restored = load_checkpoint(Path(checkpoint), digest, module, optimizer, FORMAT, FINETUNE)
-        if restored is not None:
-            progress, best_state = restored
-            log.info("%s: resumed from %s after epoch %d", FINETUNE, checkpoint, progress.epochs_done)
     augmented = _Augmented(data.train, options.seed)
-    while progress.epochs_done < options.epochs and progress.bad_epochs < options.patience:
-        epoch = progress.epochs_done + 1
-        set_mode(module, optimizer, training=True)
-        augmented.epoch = epoch
-        batches = [index.tolist() for index in epoch_batches(len(augmented), options.batch_size, options.seed, epoch)]
-        total, seen = 0.0, 0
-        for step, (images, labels, _) in enumerate(DataLoader(augmented, batch_sampler=batches, num_workers=runtime.workers), 1):
-            labels = labels.to(device)
-            with _autocast(device, runtime.bf16):
-                embedding = model.tower.encode(images.to(device))
-            loss = F.cross_entropy(classifier(embedding.float()), labels)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise diverged(settings, epoch, step, f"the loss is {value}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = float(torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm))
-            if not math.isfinite(norm):
-                raise diverged(settings, epoch, step, f"the gradient norm is {norm}")
-            optimizer.step()
-            total, seen = total + value * len(labels), seen + len(labels)
-        set_mode(module, optimizer, training=False)
-        val = image_accuracy(model, classifier, data.val, runtime)
-        if progress.end_epoch(epoch, total / seen, val):
-            best_state = trainable_state(module)
-        log.info("%s epoch %d: train loss %.4f, val accuracy %.4f", FINETUNE, epoch, total / seen, val)
-        if checkpoint is not None:
-            save_checkpoint(Path(checkpoint), digest, module, optimizer, best_state, progress, FORMAT)
-    set_mode(module, optimizer, training=False)
-    load_parameters(module, best_state)
+
+    def batches(epoch: int) -> DataLoader:
+        augmented.epoch = epoch  # before the DataLoader is made: its workers copy the dataset
+        order = [index.tolist() for index in epoch_batches(len(augmented), options.batch_size, options.seed, epoch)]
+        return DataLoader(augmented, batch_sampler=order, num_workers=runtime.workers)
+
+    def loss(batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
+        images, labels, _ = batch
+        with _autocast(device, runtime.bf16):
+            embedding = model.tower.encode(images.to(device))
+        return F.cross_entropy(classifier(embedding.float()), labels.to(device)), len(labels)
+
+    progress, best_state = run_epochs(
+        module,
+        optimizer,
+        batches,
+        loss,
+        lambda: image_accuracy(model, classifier, data.val, runtime),
+        LoopSettings(FINETUNE, options.lr, options.epochs, options.patience, options.clip_norm),
+        None if checkpoint is None else Checkpoint(Path(checkpoint), digest, FORMAT, FINETUNE),
+    )
     return TrainResult(
         val_accuracy=progress.best_val,
         test_accuracy=image_accuracy(model, classifier, data.test, runtime),
@@ -323,4 +284,3 @@ def _digest(model: LoadedModel, classifier: ZeroShotClassifier, options: Finetun
         hasher.update(np.asarray(images.labels, dtype=np.int64).tobytes())
     hash_tensors(hasher, [*model.module.state_dict().items(), ("classifier", classifier.weights)])
     return hasher.hexdigest()
-

@@ -28,8 +28,8 @@ from residual.alignment.variants import (
 )
 from residual.config.params import RuleParams
 from residual.data.sequences import SPLITS
+from residual.io.tables import write_table
 from residual.io.tensors import save_tensors
-from residual.report.tables import write_table
 from residual.spectral.pca import UnitPCA
 from residual.units.store import UnitFile
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from residual.io.atomic import atomic_path
-from residual.report.tables import DEMO_NOTE, markdown_escape, markdown_table, with_keys, write_table
+from residual.io.tables import DEMO_NOTE, markdown_escape, markdown_table, with_keys, write_table
 
 KEYS = {"model": pl.String, "dataset": pl.String, "split": pl.String}
 COLUMNS = {

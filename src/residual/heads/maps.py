@@ -49,7 +49,7 @@ from residual.models import LoadedModel
 from residual.spectral.pca import UnitPCA
 from residual.units.encode import SplitImages
 from residual.units.tokens import decompose_tokens
-from residual.units.unit_map import UnitMap
+from residual.units.unit_map import UnitMap, layout_of
 
 VERSION = "head-maps/1"  # bump when a change to this module changes the maps it writes
 FORMAT = "head-maps/1"  # the file layout; bump with it
@@ -230,13 +230,13 @@ def head_maps(model: LoadedModel, dataset: str, source: Source, files: MapFiles,
     """The maps of `model` on the test split of task dataset `dataset` (images from `source`; see the module's docstring)."""
     heads = top_heads(pl.read_parquet(files.scores), options, files.scores)
     unit_map = UnitMap.load(files.unit_map)
-    if unit_map.layout != model.layout:
-        raise ValueError(f"unit map {files.unit_map} is of another model ({unit_map.layout}, not {model.layout}): rerun the unit_map rule")
+    if unit_map.layout != layout_of(model.tower):
+        raise ValueError(f"unit map {files.unit_map} is of another model ({unit_map.layout}, not {layout_of(model.tower)}): rerun the unit_map rule")
     classifier, header = load_classifier(files.classifier, "raw")
     weights = classifier.weights.to(model.device)  # [C, d]
-    if weights.shape[1] != model.layout.out_dim:
-        raise ValueError(f"classifier {files.classifier} has width {weights.shape[1]}, the model {model.layout.out_dim}: rerun the classifier rule")
-    bases, kept, ratios = component_bases(UnitPCA.load(files.pca, heads), options.components, model.layout.out_dim)
+    if weights.shape[1] != layout_of(model.tower).out_dim:
+        raise ValueError(f"classifier {files.classifier} has width {weights.shape[1]}, the model {layout_of(model.tower).out_dim}: rerun the classifier rule")
+    bases, kept, ratios = component_bases(UnitPCA.load(files.pca, heads), options.components, layout_of(model.tower).out_dim)
     bases = bases.to(model.device, torch.float32)  # [K, components, d]
     rows = pick_images(read_split(files.split, "test"), options)
     if int(rows["label"].max()) >= len(weights):

@@ -11,14 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# A module reference, not its class: `units.unit_map` imports `models.tower`, which runs this file.
-import residual.units.unit_map as unit_maps
 from residual.libraries import LIBRARIES
 from residual.libraries import Library as Library
 from residual.models.checkpoint import loading_kwargs
 from residual.models.tower import Tower, UnsupportedModelError
 from residual.runtime.device import pick_device
-from residual.units.layout import UnitLayout
 
 
 class ModelSpecError(ValueError):
@@ -46,17 +43,10 @@ class LoadedModel:
     device: torch.device
     extras: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def layout(self) -> UnitLayout:
-        return self.unit_map.layout
-
     @cached_property
-    def unit_map(self) -> unit_maps.UnitMap:
-        return unit_maps.UnitMap.from_tower(self.tower)
-
-    @cached_property
-    def embed_factor(self) -> Tensor:
-        """(gamma[:, None] * P) [D, d_out]: a model-space contribution -> its stored emb/MLP value."""
+    def output_factor(self) -> Tensor:
+        """(gamma[:, None] * P) [D, d_out]: a model-space contribution of the emb or an MLP unit ->
+        its stored value (the tower's `output_factor`, computed once)."""
         return self.tower.output_factor()
 
 

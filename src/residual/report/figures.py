@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import altair as alt
 import polars as pl
 
+from residual.io.tables import DEMO_NOTE
 from residual.report.accuracy_charts import accuracy_bars, accuracy_vs_parameters
 from residual.report.charts import styled
 from residual.report.map_charts import head_maps
@@ -24,7 +25,6 @@ from residual.report.spectral_charts import (
     id_ratio_by_layer,
     similarity_heatmaps,
 )
-from residual.report.tables import DEMO_NOTE
 
 
 @dataclass(frozen=True)

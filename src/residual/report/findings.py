@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from residual.alignment.finetune import FINETUNE
+from residual.alignment.names import FINETUNE
 from residual.data.world import text_attribute
 from residual.descriptions.table import METHODS
 from residual.heads.halves import SCORE

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from residual.alignment.finetune import FINETUNE
+from residual.alignment.names import FINETUNE
 
 VERSION = "main_table/1"  # bump when a change to this module changes what the main table holds
 DATASET, MEAN, RATIO = "dataset", "mean", "mean / finetune"

@@ -1,4 +1,4 @@
-"""The tables the paper prints, as standalone booktabs LaTeX (`residual.report.tables.to_latex`):
+"""The tables the paper prints, as standalone booktabs LaTeX (`residual.io.tables.to_latex`):
 each summarises one results table to the size of a printed table."""
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from residual.models import LoadedModel
 from residual.models.tower import Block, Tower, layer_scale_vector
-from residual.units.guards import check_decomposition, check_finite, relative_error
-from residual.units.unit_map import UnitMap
+from residual.units.guards import NonFiniteError, check_decomposition, listed, relative_error
+from residual.units.layout import UnitLayout
+from residual.units.unit_map import UnitMap, layout_of
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,8 @@ def decompose(model: LoadedModel, images: Tensor) -> Decomposition:
     Raises DecompositionError if sum(units) misses the embedding by more than 1e-4 relative.
     """
     raw = trace(model, images)
-    values, _ = checked_values(raw, model.unit_map, range(len(images)), f"decompose with model {model.name!r}")
-    return Decomposition(model.layout.names, values, raw.embedding.float())
+    values, _ = checked_values(raw, UnitMap.from_tower(model.tower), range(len(images)), f"decompose with model {model.name!r}")
+    return Decomposition(layout_of(model.tower).names, values, raw.embedding.float())
 
 
 def checked_values(raw: RawUnits, unit_map: UnitMap, samples: Sequence[int], context: str) -> tuple[Tensor, float]:
@@ -77,6 +78,49 @@ def checked_values(raw: RawUnits, unit_map: UnitMap, samples: Sequence[int], con
     error = relative_error(values.sum(dim=1), raw.embedding)
     check_decomposition(error, context=context)
     return values, error
+
+
+def check_finite(raw: RawUnits, layout: UnitLayout, samples: Sequence[int], context: str) -> None:
+    """NonFiniteError naming the first unit, in forward order, that holds NaN or Inf, and its samples.
+
+    Checked on the stored form (before the final LayerNorm, which spreads one NaN to every unit).
+    raw: a batch of B samples; samples: their B ids (or batch positions).
+    """
+    bad_units = ~torch.cat(
+        [
+            torch.isfinite(raw.emb).all(dim=-1)[:, None],
+            torch.isfinite(raw.mlp).all(dim=-1),
+            torch.isfinite(raw.heads).all(dim=-1).flatten(1),
+        ],
+        dim=1,
+    )  # [B, U] in layout order
+    bad_norm = ~(torch.isfinite(raw.ln_mean) & torch.isfinite(raw.ln_std) & (raw.ln_std > 0))
+    bad_embedding = ~torch.isfinite(raw.embedding).all(dim=-1)
+    names = layout.names
+    affected = bad_units.any(dim=0).nonzero().flatten().tolist()
+    if affected:
+        first = min(affected, key=lambda index: _forward_position(layout, names[index]))
+        rows = bad_units[:, first]
+        what = f"unit {names[first]!r} (the first in forward order; {len(affected)} of {len(names)} units are affected)"
+    elif bool(bad_norm.any()):
+        rows, what = bad_norm, "the final LayerNorm's statistics (every unit is finite)"
+    elif bool(bad_embedding.any()):
+        rows, what = bad_embedding, "the model's embedding (every unit is finite)"
+    else:
+        return
+    ids = [int(samples[row]) for row in rows.nonzero().flatten().tolist()]
+    raise NonFiniteError(
+        f"{context}: {what} holds NaN or Inf for samples {listed(ids)}. The model's weights (`pretrained`) or these "
+        "samples' inputs produce non-finite activations; fix them, or run the model in float32"
+    )
+
+
+def _forward_position(layout: UnitLayout, name: str) -> int:
+    """Where a unit is computed: emb, then per layer its heads, then its MLP."""
+    kind, layer, head = layout.parse(name)
+    if kind == "emb":
+        return 0
+    return 1 + layer * (layout.heads + 1) + (head if kind == "head" else layout.heads)
 
 
 def trace(model: LoadedModel, images: Tensor) -> RawUnits:
@@ -99,7 +143,7 @@ def trace_tokens(model: LoadedModel, images: Tensor, heads: Mapping[int, list[in
     stream = record["final"]
     ln_mean = stream.mean(dim=-1)
     ln_std = torch.sqrt(stream.var(dim=-1, unbiased=False) + tower.final_norm.eps)
-    factor = model.embed_factor
+    factor = model.output_factor
     mlp = torch.stack(
         [layer_scale_vector(block.ls2, tower.width, stream) * out for block, out in zip(tower.blocks, record["mlp"])],
         dim=1,

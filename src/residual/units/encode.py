@@ -22,7 +22,7 @@ from residual.libraries import LIBRARIES
 from residual.models import LoadedModel
 from residual.units.decompose import checked_values, trace
 from residual.units.store import UnitFileError, UnitWriter
-from residual.units.unit_map import UnitMap
+from residual.units.unit_map import UnitMap, layout_of
 
 READBACK_TOLERANCE = 1e-3
 
@@ -93,7 +93,7 @@ def encode_split(
     loader = DataLoader(
         SplitImages(source, rows, model), batch_size=settings.batch_size, num_workers=settings.workers, shuffle=False, drop_last=False
     )
-    units = model.layout.count
+    units = layout_of(model.tower).count
     readback_num = torch.zeros(units, device=model.device)
     readback_den = torch.zeros(units, device=model.device)
     decomposition_error = 0.0
@@ -107,7 +107,7 @@ def encode_split(
         **(metadata or {}),
     }
     with atomic_path(output) as tmp:
-        writer = UnitWriter(tmp, model.layout, settings.dtype, info, settings.rows_per_group)
+        writer = UnitWriter(tmp, layout_of(model.tower), settings.dtype, info, settings.rows_per_group)
         bar = tqdm(total=len(rows), desc=f"encode {output.parent.name}/{output.stem}", file=sys.stderr, mininterval=10, ascii=True)
         with bar as progress:  # closed on errors too, so no stale bar is printed at exit
             for images, labels, sample_ids in loader:

@@ -35,7 +35,7 @@ from residual.models.tower import UnsupportedModelError
 from residual.units.decompose import checked_values, trace_tokens
 from residual.units.guards import TOLERANCE, DecompositionError, relative_error
 from residual.units.layout import is_head
-from residual.units.unit_map import UnitMap
+from residual.units.unit_map import UnitMap, layout_of
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def decompose_tokens(
     refused by `load_model` already); DecompositionError if the units miss the embedding, or a head's
     tokens miss its unit value, by more than 1e-4 relative.
     """
-    tower, layout = model.tower, model.layout
+    tower, layout = model.tower, layout_of(model.tower)
     if tower.grid is None:
         raise UnsupportedModelError(
             f"model {model.name!r}: its adapter gives no patch grid, so its tokens cannot be laid on the image; "
@@ -96,7 +96,7 @@ def decompose_tokens(
     by_layer: dict[int, list[int]] = {}
     for layer, head in coordinates:
         by_layer.setdefault(layer, []).append(head)
-    unit_map = (model.unit_map if unit_map is None else unit_map).to(model.device)
+    unit_map = (UnitMap.from_tower(model.tower) if unit_map is None else unit_map).to(model.device)
     raw, contributions = trace_tokens(model, images, by_layer)
     count, expected = next(iter(contributions.values())).shape[2], len(tower.prefix) + tower.grid[0] * tower.grid[1]
     if count != expected:

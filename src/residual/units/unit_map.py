@@ -71,7 +71,7 @@ class UnitMap:
         beta = norm.bias.detach().float() if norm.bias is not None else torch.zeros_like(gamma)
         proj = tower.projection()
         proj_bias = tower.proj_bias.detach().float() if tower.proj_bias is not None else 0.0
-        layout = UnitLayout(tower.layers, tower.heads, tower.head_dim, tower.out_dim)
+        layout = layout_of(tower)
         weights, biases = [], []
         for block in tower.blocks:
             scale = layer_scale_vector(block.ls1, tower.width, gamma).float() * gamma  # [D]
@@ -158,3 +158,8 @@ class UnitMap:
                 handle.get_tensor("shares"),
                 metadata["ln_constants"],
             )
+
+
+def layout_of(tower: Tower) -> UnitLayout:
+    """The units a tower decomposes into: its layers, heads per layer, head width and output width."""
+    return UnitLayout(tower.layers, tower.heads, tower.head_dim, tower.out_dim)
