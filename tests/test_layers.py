@@ -186,6 +186,6 @@ def test_the_checks_find_what_they_must(tmp_path: Path) -> None:
     assert found["residual.units.c"] == {"residual.io", "residual.io.a"}
     assert cycles(found) == [["residual.io.a", "residual.io.b"]]
     assert upward(found) == ["residual.models (models) -> residual.units (units)", "residual.models (models) -> residual.units.c (units)"]
-    for unstaged in ("residual_other", "residual.libraries"):
+    for unstaged in ("residual_other", "residual.plugins"):
         with pytest.raises(ValueError, match=f"{unstaged} belongs to no stage"):
             stage(unstaged)
