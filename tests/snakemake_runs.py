@@ -63,7 +63,8 @@ def planned(workdir: Path, config: Mapping[str, Any], scratch: Path, targets: Se
     """Jobs per rule that `snakemake -n` plans for `targets` (default: `all`) in `workdir` under `config`
     (written to `scratch`), with the Snakefile of `checkout`; {} when nothing is to be done."""
     configfile = write_config(scratch, config)
-    run = snakemake(workdir, "--nolock", "-n", "--quiet", "rules", *targets, configfiles=[configfile], checkout=checkout, timeout=600)
+    # Targets first: `--quiet` takes every word after it that is one of its choices, and rejects the rest.
+    run = snakemake(workdir, *targets, "--nolock", "-n", "--quiet", "rules", configfiles=[configfile], checkout=checkout, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     if "Nothing to be done" in run.stdout + run.stderr:
         return {}
