@@ -168,7 +168,7 @@ def tables_message():
 
 
 def table_rule(table_kind, inputs=None, named=None, **params):
-    """Declares the rule of the results table `table_kind`: its inputs (a list or an input function;
+    """Declares how the results table `table_kind` is made, its inputs (a list or an input function;
     `named`: named inputs) and its params after run_name and demo, in order. Each rule file
     declares its tables; rules/report.smk, read last, generates their rules."""
     TABLE_RULES[table_kind] = (inputs or [], named or {}, {"run_name": config["run_name"], "demo": config["demo"], **params})

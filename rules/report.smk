@@ -50,4 +50,4 @@ for kind, (inputs, named, table_params) in TABLE_RULES.items():
         conda:
             "../envs/residual.yaml"
         script:
-            f"../workflow_scripts/{OUTPUTS.TABLES[kind].script}.py"
+            "../workflow_scripts/results_by_rule.py"

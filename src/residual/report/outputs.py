@@ -196,6 +196,11 @@ def table_rule(kind: str) -> str:
     return f"{kind}_table"
 
 
+def table_script(rule: str) -> str:
+    """The script (in workflow_scripts/) of the results table whose rule is `rule`."""
+    return table(rule.removesuffix("_table")).script
+
+
 def output_jobs(kinds: Sequence[str], drawn: Sequence[str] | None = None) -> Counter[str]:
     """rule -> jobs of the tables `kinds` and the charts and LaTeX tables drawn from them (`drawn`:
     the tables whose charts are redrawn, default `kinds`): what `all` runs after the per-job stages,
