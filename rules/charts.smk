@@ -1,35 +1,20 @@
 # Charts of the results tables, the paper's tables in LaTeX, the runtime of every job, and what
-# `snakemake --report` gathers (residual.report.figures, residual.report.paper_tables).
+# `snakemake --report` gathers (residual.report.outputs declares them, residual.report.figures draws
+# the charts, residual.report.paper_tables lays out the LaTeX tables).
 from residual.report.charts import VERSION as CHARTS_VERSION
-from residual.report.figures import FIGURES
 from residual.report.paper_tables import PAPER_TABLES
 
-# The charts and LaTeX tables of the run, by name (FIGURES, PAPER_TABLES): adding one for a new
-# results table is one name here. Each is made when the run makes its table (TABLE_KINDS).
-CHART_NAMES = [
-    "intrinsic_dimension_by_layer",
-    "intrinsic_dimension_ratio",
-    "intrinsic_dimension_heads",
-    "similarity_heads",
-    "head_selection",
-    "head_overlap",
-    "accuracy_by_variant",
-    "accuracy_vs_parameters",
-    "head_attributes",
-]
-# The main and head-selection tables write their own paper-layout .tex beside their other formats.
-LATEX_NAMES = ["similarity", "intrinsic_dimension"]
-CHART_FORMATS = ["html", "png", "svg"]
-CHARTS = [name for name in CHART_NAMES if FIGURES[name].table in TABLE_KINDS]
-LATEX_TABLES = [name for name in LATEX_NAMES if PAPER_TABLES[name].table in TABLE_KINDS]
+# Each chart and LaTeX table is made when the run makes its table (TABLE_KINDS).
+CHARTS = OUTPUTS.chart_names(TABLE_KINDS)
+LATEX_TABLES = OUTPUTS.latex_names(TABLE_KINDS)
 # The runtime table reads the benchmark file of every job of `all`, so it and its chart come after
 # them: they are made for the report (target `report_files`), not by `all`.
-RUNTIME_CHARTS = ["runtime"]
+RUNTIME_CHARTS = OUTPUTS.chart_names(TABLE_KINDS, target="report_files")
 # One picture of the head maps per model x task dataset (rules/maps.smk), beside the others: a file
 # name the report can show alone (names hold no '.', so the dots separate them).
 MAP_CHART = "results/charts/head_maps.{model}.{dataset}"
-CHART_FILES = expand("results/charts/{chart}.{ext}", chart=CHARTS, ext=CHART_FORMATS)
-CHART_FILES += expand(f"{MAP_CHART}.{{ext}}", model=MODELS, dataset=TASKS, ext=CHART_FORMATS)
+CHART_FILES = expand("results/charts/{chart}.{ext}", chart=CHARTS, ext=OUTPUTS.CHART_FORMATS)
+CHART_FILES += expand(f"{MAP_CHART}.{{ext}}", model=MODELS, dataset=TASKS, ext=OUTPUTS.CHART_FORMATS)
 LATEX_FILES = expand("results/tables/latex/{table}.tex", table=LATEX_TABLES)
 REPORT = "results/report.html"
 
@@ -40,7 +25,7 @@ for chart in CHARTS + RUNTIME_CHARTS:
         name:
             f"chart_{chart}"
         input:
-            f"results/tables/{FIGURES[chart].table}.parquet",
+            f"results/tables/{OUTPUTS.CHARTS[chart].table}.parquet",
         output:
             **chart_outputs(chart),
         params:
@@ -100,7 +85,7 @@ rule runtime_table:
         CHART_FILES,
         LATEX_FILES,
     output:
-        table_files("runtime", caption="runtime_table"),
+        table_files(OUTPUTS.RUNTIME),
     params:
         patterns=benchmark_patterns,
         run={"model": MODELS, "dataset": DATASETS, "variant": VARIANTS},
@@ -128,5 +113,5 @@ rule report_files:
         TABLES,
         CHART_FILES,
         LATEX_FILES,
-        expand("results/charts/{chart}.{ext}", chart=RUNTIME_CHARTS, ext=CHART_FORMATS),
+        expand("results/charts/{chart}.{ext}", chart=RUNTIME_CHARTS, ext=OUTPUTS.CHART_FORMATS),
     localrule: True

@@ -18,6 +18,7 @@ from residual.data.world import world_task_names
 from residual.models.pretrain import VERSION as PRETRAIN_VERSION
 from residual.libraries import LIBRARIES
 from residual.models.text import has_text_tower
+from residual.report import outputs as OUTPUTS
 from residual.report.main_table import VERSION as MAIN_TABLE_VERSION
 from residual.report.tables import VERSION as TABLES_VERSION
 from residual.spectral.intrinsic_dimension import VERSION as ID_VERSION
@@ -69,22 +70,12 @@ WORLD_TASKS = {name: attribute for name, attribute in world_task_names(config["d
 VARIANTS = TRAINING["variants"]
 # Every job that reads a unit file also reads its model's unit map (to return output space).
 UNIT_MAP = "results/units/{model}/unit_map.safetensors"
-TABLE_FORMATS = ["parquet", "csv", "md"]
-# A table kind is made when it has rows: similarity needs a dataset besides the reference,
-# training a task dataset and a variant, the head tables a task dataset (descriptions always has
-# one: a model without a text tower says so).
-TABLE_KINDS = [
-    "decomposition",
-    "intrinsic_dimension",
-    "descriptions",
-    *(["similarity"] if len(DATASETS) > 1 else []),
-    *(["training"] if TASKS and VARIANTS else []),
-    *(["zeroshot", "head_scores", "head_selection", "head_overlap"] if TASKS else []),
-    *(["main"] if TASKS and VARIANTS else []),
-    *(["probes", "findings"] if WORLD_TASKS else []),
-]
-TABLES = expand("results/tables/{table}.{ext}", table=TABLE_KINDS, ext=TABLE_FORMATS)
-TABLES += ["results/tables/main.tex"] if "main" in TABLE_KINDS else []
+# The results tables the run makes: those it has rows for (residual.report.outputs), every format.
+RUN_SHAPE = OUTPUTS.RunShape(datasets=len(DATASETS), tasks=len(TASKS), variants=len(VARIANTS), world_tasks=len(WORLD_TASKS))
+TABLE_KINDS = OUTPUTS.table_kinds(RUN_SHAPE)
+TABLES = OUTPUTS.table_paths(TABLE_KINDS)
+# kind -> the inputs and params of its table's rule, one rule generated for all (rules/report.smk).
+TABLE_RULES = {}
 
 
 wildcard_constraints:
@@ -176,20 +167,32 @@ def tables_message():
     return f"Run '{config['run_name']}' is complete{note}. Tables:\n{listing}\nUnits: results/units/"
 
 
-def table_files(kind, caption="table"):
-    """A results table's files; its CSV (every row) goes into `snakemake --report`."""
+def table_rule(table_kind, inputs=None, named=None, **params):
+    """Declares how the results table `table_kind` is made, its inputs (a list or an input function;
+    `named`: named inputs) and its params after run_name and demo, in order. Each rule file
+    declares its tables; rules/report.smk, read last, generates their rules."""
+    TABLE_RULES[table_kind] = (inputs or [], named or {}, {"run_name": config["run_name"], "demo": config["demo"], **params})
+
+
+def table_files(kind):
+    """A results table's files, every format it has (residual.report.outputs); its CSV (every row)
+    goes into `snakemake --report` where it has a caption."""
+    paths = OUTPUTS.table_paths([kind])
+    caption = OUTPUTS.table(kind).caption
+    if caption is None:
+        return paths
     labels = {"table": kind, "format": "CSV"}
     flagged = report(
         f"results/tables/{kind}.csv", caption=f"../report/captions/{caption}.rst", category="Tables", subcategory="results", labels=labels
     )
-    return [flagged if ext == "csv" else f"results/tables/{kind}.{ext}" for ext in TABLE_FORMATS]
+    return [flagged if path.endswith(".csv") else path for path in paths]
 
 
 # Charts, LaTeX tables and runtime (rules/charts.smk).
 def chart_outputs(chart, stem=None, labels=None):
     """The output files of one chart, `stem` plus each format's suffix (default results/charts/{chart});
     the HTML (interactive, offline) goes into the report, with `labels` (default its title and table)."""
-    figure = FIGURES[chart]
+    figure = OUTPUTS.CHARTS[chart]
     stem = stem or f"results/charts/{chart}"
     return {
         "html": report(
@@ -199,14 +202,14 @@ def chart_outputs(chart, stem=None, labels=None):
             subcategory=figure.subcategory,
             labels=labels or {"chart": figure.title, "table": figure.table},
         ),
-        **{ext: f"{stem}.{ext}" for ext in CHART_FORMATS if ext != "html"},
+        **{ext: f"{stem}.{ext}" for ext in OUTPUTS.CHART_FORMATS if ext != "html"},
     }
 
 
 def benchmark_patterns(wildcards):
     """Every rule's benchmark path pattern, but this rule's own and those of the charts drawn from
     its table (evaluated when the DAG is built, when every rule file is loaded)."""
-    after = {"runtime_table", *(f"chart_{chart}" for chart in RUNTIME_CHARTS)}
+    after = {OUTPUTS.table_rule(OUTPUTS.RUNTIME), *(f"chart_{chart}" for chart in RUNTIME_CHARTS)}
     return {rule.name: str(rule.benchmark) for rule in workflow.rules if rule.benchmark and rule.name not in after}
 
 

@@ -9,7 +9,6 @@ from residual.descriptions.dictionary import DictionarySource, check_source
 DICTIONARY = DictionarySource.from_config(config)
 DESCRIBED_MODELS = [model for model in MODELS if has_text_tower(config["models"][model])]
 DESCRIPTIONS = config["descriptions"]
-DESCRIPTION_FORMATS = list(dict.fromkeys([*TABLE_FORMATS, "tex"]))
 # A missing or empty local dictionary stops every run, dry runs included (a URL is checked when fetched).
 if workflow.is_main_process:
     check_source(DICTIONARY)
@@ -87,26 +86,10 @@ rule describe_units:
         "../workflow_scripts/describe_units.py"
 
 
-rule descriptions_table:
-    input:
-        DESCRIPTION_FILES,
-    output:
-        expand("results/tables/descriptions.{ext}", ext=DESCRIPTION_FORMATS),
-    params:
-        run_name=config["run_name"],
-        demo=config["demo"],
-        version=[TABLES_VERSION, DESCRIPTIONS_VERSION],
-        title="What each unit encodes: TextSpan and SOMP texts, and the texts at both ends of its principal components",
-        no_text_tower=[model for model in MODELS if model not in DESCRIBED_MODELS],
-    log:
-        "logs/tables/descriptions.log",
-    benchmark:
-        "benchmarks/tables/descriptions.tsv"
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/residual.yaml"
-    script:
-        "../workflow_scripts/descriptions_table.py"
+table_rule(
+    "descriptions",
+    DESCRIPTION_FILES,
+    version=[TABLES_VERSION, DESCRIPTIONS_VERSION],
+    title="What each unit encodes: TextSpan and SOMP texts, and the texts at both ends of its principal components",
+    no_text_tower=[model for model in MODELS if model not in DESCRIBED_MODELS],
+)

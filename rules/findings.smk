@@ -32,38 +32,24 @@ rule head_halves:
         "../workflow_scripts/head_halves.py"
 
 
-rule findings_table:
-    input:
-        zeroshot="results/tables/zeroshot.parquet",
-        head_scores="results/tables/head_scores.parquet",
-        head_selection="results/tables/head_selection.parquet",
-        halves=expand("results/heads/{model}/{dataset}/halves.parquet", model=MODELS, dataset=WORLD_TASKS),
-        probes="results/tables/probes.parquet",
-        descriptions="results/tables/descriptions.parquet",
-        dictionary="results/descriptions/dictionary.txt",
+table_rule(
+    "findings",
+    named={
+        "zeroshot": "results/tables/zeroshot.parquet",
+        "head_scores": "results/tables/head_scores.parquet",
+        "head_selection": "results/tables/head_selection.parquet",
+        "halves": expand("results/heads/{model}/{dataset}/halves.parquet", model=MODELS, dataset=WORLD_TASKS),
+        "probes": "results/tables/probes.parquet",
+        "descriptions": "results/tables/descriptions.parquet",
+        "dictionary": "results/descriptions/dictionary.txt",
         # A run that trains no variant has no training table: its ResiDual claims are left out.
-        training=["results/tables/training.parquet"] if "training" in TABLE_KINDS else [],
-        intrinsic_dimension="results/tables/intrinsic_dimension.parquet",
-        unit_maps=expand(UNIT_MAP, model=MODELS),
-    output:
-        table_files("findings", caption="findings"),
-    params:
-        run_name=config["run_name"],
-        demo=config["demo"],
-        tasks=canonical(WORLD_TASKS),
-        models=MODELS,
-        fraction=TABLE_FRACTION,
-        title="Findings: the paper's claims measured on the world model, against the planted truth",
-        version=[TABLES_VERSION, FINDINGS_VERSION],
-    log:
-        "logs/tables/findings.log",
-    benchmark:
-        "benchmarks/tables/findings.tsv"
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/residual.yaml"
-    script:
-        "../workflow_scripts/findings_table.py"
+        "training": ["results/tables/training.parquet"] if "training" in TABLE_KINDS else [],
+        "intrinsic_dimension": "results/tables/intrinsic_dimension.parquet",
+        "unit_maps": expand(UNIT_MAP, model=MODELS),
+    },
+    tasks=canonical(WORLD_TASKS),
+    models=MODELS,
+    fraction=TABLE_FRACTION,
+    title="Findings: the paper's claims measured on the world model, against the planted truth",
+    version=[TABLES_VERSION, FINDINGS_VERSION],
+)

@@ -35,27 +35,11 @@ rule finetune:
         "../workflow_scripts/finetune.py"
 
 
-rule main_table:
-    input:
-        training_files,
-    output:
-        expand("results/tables/main.{ext}", ext=[*TABLE_FORMATS, "tex"]),
-    params:
-        run_name=config["run_name"],
-        demo=config["demo"],
-        variants=VARIANTS,
-        reference=REFERENCE,
-        lr_range_test=TRAINING["lr_range_test"],
-        version=MAIN_TABLE_VERSION,
-    log:
-        "logs/tables/main.log",
-    benchmark:
-        "benchmarks/tables/main.tsv"
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/residual.yaml"
-    script:
-        "../workflow_scripts/main_table.py"
+table_rule(
+    "main",
+    training_files,
+    variants=VARIANTS,
+    reference=REFERENCE,
+    lr_range_test=TRAINING["lr_range_test"],
+    version=MAIN_TABLE_VERSION,
+)

@@ -3,14 +3,14 @@
 from residual.heads.scores import VERSION as HEAD_SCORES_VERSION
 from residual.heads.scores import ScoreOptions
 from residual.heads.selection import VERSION as HEAD_SELECTION_VERSION
-from residual.heads.selection import SelectionOptions, fraction_label, table_fraction
+from residual.heads.labels import fraction_label
+from residual.heads.selection import SelectionOptions, table_fraction
 from residual.heads.tables import TOP_HEADS
 from residual.heads.tables import VERSION as HEAD_TABLES_VERSION
 from residual.heads.zeroshot import VERSION as ZEROSHOT_VERSION
 from residual.heads.zeroshot import ZERO_SHOT_SPLITS
 
 HEADS = config["heads"]
-HEAD_TABLE_FORMATS = list(dict.fromkeys([*TABLE_FORMATS, "tex"]))
 # Checked while the DAG is built, so that a bad key stops dry runs too.
 SCORE_OPTIONS = ScoreOptions.from_config(config).params()
 SELECTION_OPTIONS = SelectionOptions.from_config(config).params()
@@ -94,105 +94,22 @@ rule head_selection:
         "../workflow_scripts/head_selection.py"
 
 
-rule zeroshot_table:
-    input:
-        expand("results/heads/{model}/{dataset}/zeroshot_{split}.parquet", model=MODELS, dataset=TASKS, split=ZERO_SHOT_SPLITS),
-    output:
-        expand("results/tables/zeroshot.{ext}", ext=HEAD_TABLE_FORMATS),
-    params:
-        run_name=config["run_name"],
-        demo=config["demo"],
-        kind="zeroshot",
-        title="Zero-shot accuracy of the model's embedding and of the sum of its stored units",
-        fraction=None,
+for kind, head_table in OUTPUTS.HEAD_TABLES.items():
+    table_rule(
+        kind,
+        # A source without {split} repeats for each split: kept once, in order.
+        list(
+            dict.fromkeys(
+                expand(
+                    f"results/heads/{{model}}/{{dataset}}/{head_table.source}.parquet",
+                    model=MODELS,
+                    dataset=TASKS,
+                    split=ZERO_SHOT_SPLITS,
+                )
+            )
+        ),
+        kind=kind,
+        title=head_table.title.format(top=TOP_HEADS, fraction=fraction_label(TABLE_FRACTION)),
+        fraction=TABLE_FRACTION if head_table.at_fraction else None,
         version=[TABLES_VERSION, HEAD_TABLES_VERSION],
-    log:
-        "logs/tables/zeroshot.log",
-    benchmark:
-        "benchmarks/tables/zeroshot.tsv"
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/residual.yaml"
-    script:
-        "../workflow_scripts/heads_table.py"
-
-
-rule head_scores_table:
-    input:
-        expand("results/heads/{model}/{dataset}/scores.parquet", model=MODELS, dataset=TASKS),
-    output:
-        expand("results/tables/head_scores.{ext}", ext=HEAD_TABLE_FORMATS),
-    params:
-        run_name=config["run_name"],
-        demo=config["demo"],
-        kind="head_scores",
-        title=f"Head scores on the val split (the {TOP_HEADS} best heads of each score)",
-        fraction=None,
-        version=[TABLES_VERSION, HEAD_TABLES_VERSION],
-    log:
-        "logs/tables/head_scores.log",
-    benchmark:
-        "benchmarks/tables/head_scores.tsv"
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/residual.yaml"
-    script:
-        "../workflow_scripts/heads_table.py"
-
-
-rule head_selection_table:
-    input:
-        expand("results/heads/{model}/{dataset}/selection.parquet", model=MODELS, dataset=TASKS),
-    output:
-        expand("results/tables/head_selection.{ext}", ext=HEAD_TABLE_FORMATS),
-    params:
-        run_name=config["run_name"],
-        demo=config["demo"],
-        kind="head_selection",
-        title=f"Test accuracy keeping the top {fraction_label(TABLE_FRACTION)} of heads by each score (H: every head; B: every unit)",
-        fraction=TABLE_FRACTION,
-        version=[TABLES_VERSION, HEAD_TABLES_VERSION],
-    log:
-        "logs/tables/head_selection.log",
-    benchmark:
-        "benchmarks/tables/head_selection.tsv"
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/residual.yaml"
-    script:
-        "../workflow_scripts/heads_table.py"
-
-
-rule head_overlap_table:
-    input:
-        expand("results/heads/{model}/{dataset}/selection.parquet", model=MODELS, dataset=TASKS),
-    output:
-        expand("results/tables/head_overlap.{ext}", ext=HEAD_TABLE_FORMATS),
-    params:
-        run_name=config["run_name"],
-        demo=config["demo"],
-        kind="head_overlap",
-        title=f"Jaccard overlap of the top {fraction_label(TABLE_FRACTION)} of heads selected on each pair of datasets",
-        fraction=TABLE_FRACTION,
-        version=[TABLES_VERSION, HEAD_TABLES_VERSION],
-    log:
-        "logs/tables/head_overlap.log",
-    benchmark:
-        "benchmarks/tables/head_overlap.tsv"
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/residual.yaml"
-    script:
-        "../workflow_scripts/heads_table.py"
+    )

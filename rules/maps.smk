@@ -7,7 +7,7 @@ from residual.heads.maps import MapOptions
 
 # Checked while the DAG is built, so that a bad key stops dry runs too.
 MAP_OPTIONS = MapOptions.from_config(config).params()
-MAP_TITLE = FIGURES["head_maps"].title
+MAP_TITLE = OUTPUTS.CHARTS["head_maps"].title
 
 
 rule head_maps:

@@ -37,25 +37,9 @@ rule probes:
         "../workflow_scripts/probes.py"
 
 
-rule probes_table:
-    input:
-        expand("results/probes/{model}/{dataset}.parquet", model=MODELS, dataset=WORLD_TASKS),
-    output:
-        table_files("probes"),
-    params:
-        run_name=config["run_name"],
-        demo=config["demo"],
-        title="How well each unit alone reads each planted attribute (val balanced accuracy of a probe of its stored values; margin = (accuracy - chance) / (1 - chance))",
-        version=[TABLES_VERSION, PROBES_VERSION],
-    log:
-        "logs/tables/probes.log",
-    benchmark:
-        "benchmarks/tables/probes.tsv"
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/residual.yaml"
-    script:
-        "../workflow_scripts/probes_table.py"
+table_rule(
+    "probes",
+    expand("results/probes/{model}/{dataset}.parquet", model=MODELS, dataset=WORLD_TASKS),
+    title="How well each unit alone reads each planted attribute (val balanced accuracy of a probe of its stored values; margin = (accuracy - chance) / (1 - chance))",
+    version=[TABLES_VERSION, PROBES_VERSION],
+)

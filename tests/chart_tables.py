@@ -7,10 +7,10 @@ import numpy as np
 import polars as pl
 import torch
 
+from residual.heads.labels import ALL_HEADS, ALL_UNITS, LABELS
 from residual.heads.maps import HeadMaps
-from residual.heads.selection import ALL_HEADS, ALL_UNITS, LABELS
 from residual.io.tables import with_keys
-from residual.report.map_charts import map_cells
+from residual.report.map_cells import map_cells
 
 SHAPES = {"model_a": (6, 4), "model_b": (4, 3)}  # layers, heads
 DATASETS = ["digits", "random"]

@@ -21,7 +21,8 @@ from PIL import Image
 
 from residual.io.tables import DEMO_NOTE, to_latex
 from residual.report.charts import save_chart
-from residual.report.figures import FIGURES, render
+from residual.report.figures import render
+from residual.report.outputs import CHARTS
 from residual.report.paper_tables import PAPER_TABLES, main_summary
 from residual.report.runtime import pattern_regex, runtime_summary, runtime_table
 
@@ -79,9 +80,9 @@ EXPECTED_MARKS = {
 }
 
 
-@pytest.mark.parametrize("name", list(FIGURES))
+@pytest.mark.parametrize("name", list(CHARTS))
 def test_every_chart_draws_its_data_with_title_axes_and_legend(name: str) -> None:
-    figure = FIGURES[name]
+    figure = CHARTS[name]
     table = TABLES[figure.table]()
     marks = scenegraph(render(name, table, demo=True))
     marktype, expected = EXPECTED_MARKS[name]
@@ -105,9 +106,9 @@ def quantitative_colour_scales(spec: Any) -> Iterator[dict]:
             yield from quantitative_colour_scales(value)
 
 
-@pytest.mark.parametrize("name", [name for name in FIGURES if "heads" in name or name == "head_overlap"])
+@pytest.mark.parametrize("name", [name for name in CHARTS if "heads" in name or name == "head_overlap"])
 def test_heatmap_colour_scales_start_where_the_data_start(name: str) -> None:
-    figure = FIGURES[name]
+    figure = CHARTS[name]
     table = TABLES[figure.table]()
     scales = list(quantitative_colour_scales(render(name, table, demo=False).to_dict()))
     assert scales and all(scale.get("zero") is False for scale in scales)

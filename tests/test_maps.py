@@ -29,7 +29,8 @@ from residual.data.splits import split_table
 from residual.heads.maps import HeadMaps, MapFiles, MapOptions, head_maps, pick_images
 from residual.heads.scores import ScoreOptions, score_heads, scores_table
 from residual.models.tower import UnsupportedModelError
-from residual.report.map_charts import DISPLAY, map_cells, overlay, textspan_texts
+from residual.report.map_cells import map_cells, overlay
+from residual.report.map_charts import DISPLAY, textspan_texts
 from residual.spectral.pca import fit_unit_file
 from residual.units.guards import TOLERANCE
 from residual.units.layout import is_head

@@ -16,9 +16,11 @@ from sklearn.neighbors import NearestCentroid
 from test_charts import data_marks, scenegraph, texts
 from test_heads import LAYOUT, identity_map
 
-from residual.heads.probes import ProbeOptions, balanced_accuracy, best_attributes, probe_units, probes_summary
+from residual.heads.probes import ProbeOptions, balanced_accuracy, probe_units
+from residual.heads.tables import best_attributes, probes_summary
 from residual.io.tables import DEMO_NOTE
-from residual.report.figures import FIGURES, render
+from residual.report.figures import render
+from residual.report.outputs import CHARTS
 from residual.report.probe_charts import NONE
 from residual.spectral.pca import fit_unit_file
 from residual.units.decompose import RawUnits
@@ -214,7 +216,7 @@ def test_each_unit_gets_the_task_it_reads_best_by_margin_over_chance() -> None:
 def test_the_head_attributes_chart_draws_every_head() -> None:
     at_chance = (pl.col("model") == "model_b") & (pl.col("unit") == "head_1_2")
     table = probes_table().with_columns(balanced_accuracy=pl.when(at_chance).then(pl.col("chance")).otherwise(pl.col("balanced_accuracy")))
-    figure = FIGURES["head_attributes"]
+    figure = CHARTS["head_attributes"]
     assert figure.table == "probes"
     marks = scenegraph(render("head_attributes", table, demo=True))
     assert data_marks(marks, "rect") == table.filter(pl.col("kind") == "head").select("model", "unit").n_unique()

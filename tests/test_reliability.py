@@ -50,6 +50,7 @@ from residual.data.sequences import DatasetError
 from residual.data.sources import load_source
 from residual.data.splits import read_split, split_table
 from residual.models import LoadedModel, ModelSpecError
+from residual.report.outputs import RunShape, table_kinds
 from residual.report.tables import decomposition_table
 from residual.units.decompose import decompose
 from residual.units.encode import EncodeSettings, encode_split
@@ -529,9 +530,9 @@ def test_killed_training_resumes_and_the_whole_run_equals_an_uninterrupted_one(
     assert "resumed from" in (workdir / "logs/train/clip_tiny/digits/residual_full.log").read_text()
     assert_same_results(workdir, reference)
     tables = sorted(path.name for path in (reference / "results/tables").glob("*.parquet"))
-    kinds = ["decomposition", "descriptions", "head_overlap", "head_scores", "head_selection", "intrinsic_dimension", "main",
-             "similarity", "training", "zeroshot"]  # fmt: skip
-    assert tables == [f"{kind}.parquet" for kind in kinds]
+    # The tiny run: 2 datasets, 1 task dataset (digits), 6 variants trained on units and one fine-tuned.
+    kinds = table_kinds(RunShape(datasets=2, tasks=1, variants=7, world_tasks=0))
+    assert tables == sorted(f"{kind}.parquet" for kind in kinds)
 
 
 ENCODE_ONE_SPLIT = """

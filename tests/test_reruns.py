@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from conftest import REPO
 from snakemake_runs import copy_run, planned, tiny_config
 
 from residual.config.params import canonical, model_params, source_params, split_params
+from residual.report import outputs
 
 TINY = tiny_config()
 
@@ -29,27 +29,19 @@ TINY = tiny_config()
 ENCODE_ALL = {"encode": 12, "pca": 4, "intrinsic_dimension": 4, "similarity": 2, "classifier": 1, "train": 12}
 # Per model: val and test zero-shot, scores, selections, the maps of the selected heads and their picture.
 HEADS = {"zeroshot": 4, "head_scores": 2, "head_selection": 2, "head_maps": 2, "chart_head_maps": 2}
-HEAD_TABLES = ("zeroshot", "head_scores", "head_selection", "head_overlap")
+HEAD_TABLES = tuple(outputs.HEAD_TABLES)
 ONE_MODEL = {"unit_map": 1, "encode": 6, "pca": 2, "intrinsic_dimension": 2, "similarity": 1, "classifier": 1, "train": 6,
              "finetune": 1, "zeroshot": 2, "head_scores": 1, "head_selection": 1, "head_maps": 1, "chart_head_maps": 1}  # fmt: skip
 NOTHING: dict[str, int] = {}
 
 
-# The charts and LaTeX tables drawn from each results table (rules/charts.smk) rerun with it.
-DRAWN = {
-    "intrinsic_dimension": ["chart_intrinsic_dimension_by_layer", "chart_intrinsic_dimension_ratio", "chart_intrinsic_dimension_heads",
-                            "latex_intrinsic_dimension"],
-    "similarity": ["chart_similarity_heads", "latex_similarity"],
-    "training": ["chart_accuracy_by_variant", "chart_accuracy_vs_parameters"],
-    "head_selection": ["chart_head_selection"],
-    "head_overlap": ["chart_head_overlap"],
-    # The head maps' pictures (rules/maps.smk) show the heads' TextSpan texts: one per model x task dataset.
-    "descriptions": ["chart_head_maps"] * 2,
-}  # fmt: skip
-
-
 def tables(*kinds: str) -> dict[str, int]:
-    return {**{f"{kind}_table": 1 for kind in kinds}, **Counter(job for kind in kinds for job in DRAWN.get(kind, [])), "all": 1}
+    """The jobs of the tables `kinds`: theirs and those of the charts and LaTeX tables drawn from them
+    (residual.report.outputs), which rerun with them."""
+    jobs = outputs.output_jobs(kinds)
+    if "descriptions" in kinds:  # the head maps' pictures show the heads' TextSpan texts: one per model x task dataset
+        jobs["chart_head_maps"] += 2
+    return {**jobs, "all": 1}
 
 
 # What a training run's result feeds: the training table and the main table (which reads the runs).

@@ -12,11 +12,7 @@ from conftest import REPO
 from snakemake_runs import TINY, job_counts, snakemake
 
 from residual import read_units
-
-# One job per chart and per LaTeX table of `all` (rules/charts.smk).
-CHARTS = ["intrinsic_dimension_by_layer", "intrinsic_dimension_ratio", "intrinsic_dimension_heads", "similarity_heads",
-          "head_selection", "head_overlap", "accuracy_by_variant", "accuracy_vs_parameters"]  # fmt: skip
-REPORT_JOBS = {**{f"chart_{chart}": 1 for chart in CHARTS}, **{f"latex_{table}": 1 for table in ("similarity", "intrinsic_dimension")}}
+from residual.report.outputs import RunShape, output_jobs, table_kinds
 
 
 def test_paper_dag_plans_without_network(paper_plan: str) -> None:
@@ -37,19 +33,13 @@ def test_paper_dag_plans_without_network(paper_plan: str) -> None:
         "encode_descriptions": 3,  # CLIP, OpenCLIP, BLIP: the models with a text tower
         "describe_units": 3,
         "finetune": 5 * 11,
-        "decomposition_table": 1,
-        "descriptions_table": 1,
-        "intrinsic_dimension_table": 1,
-        "similarity_table": 1,
-        "training_table": 1,
         "zeroshot": 5 * 11 * 2,
         "head_scores": 5 * 11,
         "head_selection": 5 * 11,
         "head_maps": 5 * 11,  # and their pictures, one per model x task dataset
         "chart_head_maps": 5 * 11,
-        **{f"{kind}_table": 1 for kind in ("zeroshot", "head_scores", "head_selection", "head_overlap")},
-        "main_table": 1,
-        **REPORT_JOBS,
+        # One job per table, chart and LaTeX table the run has (residual.report.outputs).
+        **output_jobs(table_kinds(RunShape(datasets=14, tasks=11, variants=7, world_tasks=0))),
         "all": 1,
     }
 
@@ -66,14 +56,13 @@ def test_demo_dag(tmp_path) -> None:
     run = snakemake(tmp_path, "-n", "--quiet", "rules", configfiles=[REPO / "configs/demo.yaml"])
     assert run.returncode == 0, run.stderr
     tasks, datasets = 4, 6
-    kinds = ("decomposition", "intrinsic_dimension", "similarity", "training", "main", "zeroshot", "head_scores",
-             "head_selection", "head_overlap", "descriptions", "probes", "findings")  # fmt: skip
+    outputs = output_jobs(table_kinds(RunShape(datasets=datasets, tasks=tasks, variants=7, world_tasks=tasks)))
     assert job_counts(run.stdout) == {
         "pretrain": 1, "split": datasets, "unit_map": 1, "encode": 3 * datasets, "pca": datasets, "intrinsic_dimension": 1,
         "similarity": datasets - 1, "classifier": tasks, "train": 6 * tasks, "finetune": tasks, "zeroshot": 2 * tasks,
         "head_scores": tasks, "head_selection": tasks, "probes": tasks, "head_halves": tasks, "head_maps": tasks, "chart_head_maps": tasks,
         "description_texts": 1, "encode_descriptions": 1, "describe_units": 1,
-        **{f"{kind}_table": 1 for kind in kinds}, **REPORT_JOBS, "chart_head_attributes": 1, "all": 1,
+        **outputs, "all": 1,
     }  # fmt: skip
 
 

@@ -4,7 +4,8 @@ import polars as pl
 from residual.heads.maps import HeadMaps
 from residual.report.charts import save_chart
 from residual.report.figures import render
-from residual.report.map_charts import map_cells, textspan_texts
+from residual.report.map_cells import map_cells
+from residual.report.map_charts import textspan_texts
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:

@@ -1,4 +1,4 @@
-from residual.heads.probes import probes_summary
+from residual.heads.tables import probes_summary
 from residual.io.tables import write_table
 from residual.report.tables import concat_tables
 from residual.runtime.workflow import rule_context

@@ -286,38 +286,3 @@ def probe_units(
             ]  # fmt: skip
     order = {name: position for position, name in enumerate([*train.names, OUTPUT])}
     return pl.DataFrame(rows, schema=SCHEMA).sort(pl.col("unit").replace_strict(order), maintain_order=True)  # layout order
-
-
-def normalised_margin(accuracy: pl.Expr, chance: pl.Expr) -> pl.Expr:
-    """How far above chance a balanced accuracy is, as a fraction of the way to 1: 0 at chance, 1 perfect."""
-    return (accuracy - chance) / (1 - chance)
-
-
-def best_attributes(table: pl.DataFrame) -> pl.DataFrame:
-    """The whole-unit probes of a probes table (probe_units' columns after model, dataset, attribute), one row per model x
-    unit in the table's order: unit, kind, layer, head, the balanced accuracy on each task dataset
-    (a column named after it), and the task read best, by normalised margin over chance (ties: the
-    first task): best_dataset, best_attribute (both null where no task is read above chance, as by
-    a constant unit), balanced_accuracy, chance, margin."""
-    margin = normalised_margin(pl.col("balanced_accuracy"), pl.col("chance"))
-    whole = table.filter(pl.col("component").is_null()).with_columns(margin=margin)
-    units = ["model", "unit", "kind", "layer", "head"]
-    accuracies = whole.pivot(on="dataset", index=units, values="balanced_accuracy", maintain_order=True)
-    best = (
-        whole.sort("margin", descending=True, maintain_order=True)
-        .group_by("model", "unit", maintain_order=True)
-        .first()
-        .select(
-            "model", "unit", pl.col("dataset").alias("best_dataset"), pl.col("attribute").alias("best_attribute"),
-            "balanced_accuracy", "chance", "margin",
-        )  # fmt: skip
-    )
-    above = pl.col("margin") > 0
-    best = best.with_columns(pl.when(above).then(pl.col(name)).alias(name) for name in ("best_dataset", "best_attribute"))
-    return accuracies.join(best, on=["model", "unit"], maintain_order="left")
-
-
-def probes_summary(table: pl.DataFrame) -> pl.DataFrame:
-    """The Markdown view of a probes table: per model and unit, each task's balanced accuracy and
-    the task read best, with its chance and normalised margin."""
-    return best_attributes(table).drop("kind", "best_dataset")

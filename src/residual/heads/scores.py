@@ -29,12 +29,12 @@ from torch import Tensor
 from residual.alignment.classifier import Logits
 from residual.config.params import RuleParams
 from residual.heads.inputs import device_batches, task_classifier
+from residual.heads.labels import SCORES
 from residual.io.tensors import open_tensors, save_tensors
 from residual.units.layout import is_head, unit_coordinates
 from residual.units.store import UnitFile
 
 VERSION = "head-scores/1"  # bump when a change to this module changes the scores or means it writes
-SCORES = {"task_conditioned": "U|T", "unsupervised": "U", "supervised": "S", "random": "random"}  # name -> paper label
 CONSTANT = 1e-12  # relative standard deviation below which a series counts as constant
 
 

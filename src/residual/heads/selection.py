@@ -24,15 +24,14 @@ from residual.alignment.classifier import Logits
 from residual.config.errors import ConfigError
 from residual.config.params import RuleParams
 from residual.heads.inputs import device_batches, task_classifier
-from residual.heads.scores import SCORES, load_means, ranking, score_keys
+from residual.heads.labels import ALL_HEADS, ALL_UNITS, LABELS, fraction_label
+from residual.heads.scores import load_means, ranking, score_keys
 from residual.heads.zeroshot import unit_sum
 from residual.units.layout import is_head
 from residual.units.store import UnitFile
 
 VERSION = "head-selection/1"  # bump when a change to this module changes the rows it writes
 ABLATIONS = ("zero", "mean")
-ALL_HEADS, ALL_UNITS = "all_heads", "all_units"
-LABELS = {**SCORES, ALL_HEADS: "H", ALL_UNITS: "B"}  # score name -> the paper's column label
 
 
 @dataclass(frozen=True)
@@ -67,10 +66,6 @@ def selection_size(fraction: float | None, heads: int) -> int:
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction {fraction} is outside (0, 1]")
     return min(heads, max(2, math.floor(fraction * heads + 1e-9)))
-
-
-def fraction_label(fraction: float | None) -> str:
-    return "1 head" if fraction is None else f"{100 * fraction:g}%"
 
 
 @dataclass(frozen=True)

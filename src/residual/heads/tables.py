@@ -1,14 +1,16 @@
-"""The head stage's aggregated tables: their Markdown summaries and the overlap of the heads
-selected for different datasets (Jaccard), computed from the stacked selection tables."""
+"""The head stage's aggregated tables: their Markdown summaries, the overlap of the heads
+selected for different datasets (Jaccard), computed from the stacked selection tables, and the
+best-read attribute of each unit in the probes table. Torch-free: the table jobs import it."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import polars as pl
 
-from residual.heads.scores import SCORES
-from residual.heads.selection import ALL_HEADS, ALL_UNITS, LABELS
+from residual.heads.labels import ALL_HEADS, ALL_UNITS, LABELS, SCORES
+from residual.io.tables import with_keys
 
 VERSION = "head-tables/1"  # bump when a change to this module changes the tables it writes
 TOP_HEADS = 5  # heads listed per score in the Markdown of the scores table
@@ -88,3 +90,53 @@ def scores_summary(scores: pl.DataFrame) -> pl.DataFrame:
 def zeroshot_summary(zeroshot: pl.DataFrame) -> pl.DataFrame:
     """The zero-shot table without the run name."""
     return zeroshot.drop("run", strict=False)
+
+
+def overlap_with_summary(selection: pl.DataFrame, fraction: float, run: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    overlap = with_keys(overlap_table(selection), run=run)
+    return overlap, overlap_summary(overlap, fraction)
+
+
+# Each head table (residual.report.outputs.HEAD_TABLES) from its stacked per-job tables, the
+# fraction of heads it is at and the run's name: the table and its Markdown summary.
+HEAD_TABLES: dict[str, Callable[[pl.DataFrame, float | None, str], tuple[pl.DataFrame, pl.DataFrame]]] = {
+    "zeroshot": lambda zeroshot, fraction, run: (zeroshot, zeroshot_summary(zeroshot)),
+    "head_scores": lambda scores, fraction, run: (scores, scores_summary(scores)),
+    "head_selection": lambda selection, fraction, run: (selection, selection_summary(selection, fraction)),
+    "head_overlap": overlap_with_summary,
+}
+
+
+def normalised_margin(accuracy: pl.Expr, chance: pl.Expr) -> pl.Expr:
+    """How far above chance a balanced accuracy is, as a fraction of the way to 1: 0 at chance, 1 perfect."""
+    return (accuracy - chance) / (1 - chance)
+
+
+def best_attributes(table: pl.DataFrame) -> pl.DataFrame:
+    """The whole-unit probes of a probes table (probe_units' columns after model, dataset, attribute), one row per model x
+    unit in the table's order: unit, kind, layer, head, the balanced accuracy on each task dataset
+    (a column named after it), and the task read best, by normalised margin over chance (ties: the
+    first task): best_dataset, best_attribute (both null where no task is read above chance, as by
+    a constant unit), balanced_accuracy, chance, margin."""
+    margin = normalised_margin(pl.col("balanced_accuracy"), pl.col("chance"))
+    whole = table.filter(pl.col("component").is_null()).with_columns(margin=margin)
+    units = ["model", "unit", "kind", "layer", "head"]
+    accuracies = whole.pivot(on="dataset", index=units, values="balanced_accuracy", maintain_order=True)
+    best = (
+        whole.sort("margin", descending=True, maintain_order=True)
+        .group_by("model", "unit", maintain_order=True)
+        .first()
+        .select(
+            "model", "unit", pl.col("dataset").alias("best_dataset"), pl.col("attribute").alias("best_attribute"),
+            "balanced_accuracy", "chance", "margin",
+        )  # fmt: skip
+    )
+    above = pl.col("margin") > 0
+    best = best.with_columns(pl.when(above).then(pl.col(name)).alias(name) for name in ("best_dataset", "best_attribute"))
+    return accuracies.join(best, on=["model", "unit"], maintain_order="left")
+
+
+def probes_summary(table: pl.DataFrame) -> pl.DataFrame:
+    """The Markdown view of a probes table: per model and unit, each task's balanced accuracy and
+    the task read best, with its chance and normalised margin."""
+    return best_attributes(table).drop("kind", "best_dataset")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
-from residual.heads.probes import best_attributes
+from residual.heads.tables import best_attributes
 from residual.report.charts import CELL, ordered
 from residual.report.spectral_charts import ROW_HEADER
 

@@ -1,6 +1,6 @@
 """What the run cost: wall time and memory of every job, from the benchmark files Snakemake writes
 (one TSV per job: s, h:m:s, max_rss, max_vms, max_uss, max_pss, io_in, io_out, mean_load,
-cpu_time; seconds and MB), as a table and a chart per rule and model."""
+cpu_time; seconds and MB), as a table per rule and model (its chart: `residual.report.runtime_charts`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import altair as alt
 import polars as pl
-
-from residual.report.charts import ordered
 
 WILDCARD = re.compile(r"\{(\w+)(?:,[^}]*)?\}")
 KEYS = ("model", "dataset", "split", "variant")
@@ -91,26 +88,3 @@ def runtime_summary(table: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("total_wall_s", descending=True)
     )
-
-
-def runtime_chart(table: pl.DataFrame) -> alt.TopLevelMixin:
-    """Total wall time (left) and peak resident memory (right) of each rule's jobs, a bar per
-    model within each rule; rules sorted by total wall time."""
-    summary = runtime_summary(table)
-    rules = summary.group_by("rule").agg(pl.col("total_wall_s").sum()).sort("total_wall_s", descending=True)["rule"].to_list()
-    models = ordered(summary, "model")
-    base = alt.Chart(summary).encode(
-        y=alt.Y("rule:N", title="rule", sort=rules, axis=alt.Axis(labelLimit=320)),
-        yOffset=alt.YOffset("model:N", sort=models),
-        color=alt.Color("model:N", title="model", sort=models),
-        tooltip=["rule:N", "model:N", "jobs:Q", alt.Tooltip("total_wall_s:Q", title="total wall time (s)", format=".1f"),
-                 alt.Tooltip("longest_wall_s:Q", title="longest job (s)", format=".1f"),
-                 alt.Tooltip("peak_rss_mb:Q", title="peak memory (MB)", format=",.0f")],
-    )  # fmt: skip
-    wall = base.mark_bar().encode(x=alt.X("total_wall_s:Q", title="total wall time of its jobs (s)")).properties(
-        width=320, height=alt.Step(10)
-    )
-    memory = base.mark_bar().encode(x=alt.X("peak_rss_mb:Q", title="peak resident memory of a job (MB)")).properties(
-        width=320, height=alt.Step(10)
-    )
-    return alt.hconcat(wall, memory)

@@ -10,7 +10,6 @@ from pathlib import Path
 import polars as pl
 
 from residual.io.tables import with_keys
-from residual.units.store import UnitFile
 
 VERSION = "tables/4"  # bump when a change to the tables' layout or summaries changes what they hold
 
@@ -22,6 +21,9 @@ def authors_bytes_per_sample(layers: int, heads: int, head_dim: int, width: int)
 
 def decomposition_table(paths: Sequence[str | Path], run_name: str) -> pl.DataFrame:
     """Per model x dataset x split: samples, units, max relative decomposition error, storage cost."""
+    # Imported here: the unit store needs torch, which the other tables, built from this module, do not.
+    from residual.units.store import UnitFile
+
     rows = []
     for path in paths:
         unit_file = UnitFile(path)
