@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,6 +83,24 @@ def digit_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         metadata = {"dataset": "digits", "split": split}
         encode_split(model, source, selected, paths[split], unit_map, EncodeSettings("float32", batch_size=32, rows_per_group=32), metadata)
     return paths
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_controller() -> Iterator[None]:
+    """The test SLURM cluster (scripts/slurm-cluster.sh) up for the whole session where SLURM is
+    installed (`make test` installs it for test_cluster.py): Snakemake's SLURM plugin runs
+    `scontrol show config` whenever Snakemake starts, which waits ~9 s for a controller that is
+    down, and the suite starts Snakemake about a hundred times. Stopped afterwards only if started
+    here; where it cannot start (not root), the suite runs as before, only slower."""
+    if shutil.which("scontrol") is None:
+        yield
+        return
+    cluster = ["bash", str(REPO / "scripts/slurm-cluster.sh")]
+    was_running = subprocess.run([*cluster, "status"], capture_output=True).returncode == 0
+    started = was_running or subprocess.run([*cluster, "start"], capture_output=True, timeout=900).returncode == 0
+    yield
+    if started and not was_running:
+        subprocess.run([*cluster, "stop"], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="session")
