@@ -16,7 +16,8 @@ from sklearn.neighbors import NearestCentroid
 from test_charts import data_marks, scenegraph, texts
 from test_heads import LAYOUT, identity_map
 
-from residual.heads.probes import ProbeOptions, balanced_accuracy, best_attributes, probe_units, probes_summary
+from residual.heads.options import ProbeOptions
+from residual.heads.probes import balanced_accuracy, best_attributes, probe_units, probes_summary
 from residual.io.tables import DEMO_NOTE
 from residual.report.figures import FIGURES, render
 from residual.report.probe_charts import NONE

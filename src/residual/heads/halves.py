@@ -17,14 +17,15 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from residual.alignment.classifier import Logits
-from residual.heads.scores import SCORES, ScoreOptions, ranks, score_heads
-from residual.heads.selection import fraction_label, selection_size
+from residual.alignment.options import Logits
+from residual.heads.options import SCORES, ScoreOptions, fraction_label
+from residual.heads.scores import ranks, score_heads
+from residual.heads.selection import selection_size
 from residual.heads.tables import jaccard
 from residual.spectral.tables import sample_positions
 from residual.units.store import UnitFile
 
-VERSION = "head-halves/1"  # bump when a change to this module changes the rows it writes
+# Its version, HALVES_VERSION, is in residual.heads.options: bump it with a change that changes the rows it writes.
 SCORE = "task_conditioned"  # the score whose selections the overlap claim is about (U|T)
 
 

@@ -7,7 +7,7 @@ import itertools
 
 import polars as pl
 
-from residual.heads.scores import SCORES
+from residual.heads.options import SCORES
 from residual.heads.selection import ALL_HEADS, ALL_UNITS, LABELS
 
 VERSION = "head-tables/1"  # bump when a change to this module changes the tables it writes

@@ -35,7 +35,7 @@ from residual.alignment.names import FINETUNE
 from residual.data.world import text_attribute
 from residual.descriptions.table import METHODS
 from residual.heads.halves import SCORE
-from residual.heads.selection import fraction_label
+from residual.heads.options import fraction_label
 from residual.heads.tables import overlap_table
 from residual.report.main_table import MEAN, main_table
 
