@@ -102,3 +102,10 @@ def test_a_child_that_fails_is_an_error_naming_it(tmp_path: Path, monkeypatch: p
     with pytest.raises(PreflightError, match=r"the model checks stopped \(.*residual\.config\.preflight\.models, exit 1\)"):
         model_problems({"vit": {"library": "timm", "arch": "vit_small_patch16_224", "pretrained": None}}, tmp_path)
     assert not list(tmp_path.glob("*.ok"))
+
+
+def test_the_options_name_every_variant() -> None:
+    from residual.alignment.options import VARIANT_KEYS
+    from residual.alignment.variants import VARIANTS
+
+    assert list(VARIANT_KEYS) == list(VARIANTS)

@@ -96,7 +96,7 @@ def model_problems(models: Mapping[str, Mapping[str, Any]], verdicts: Path = VER
     source = str(Path(__file__).parents[3])  # the folder that holds this `residual` package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "residual.config.preflight.models"]
-    run = subprocess.run(command, input=json.dumps(canonical(models)), capture_output=True, text=True, env=env, check=False)
+    run = subprocess.run(command, input=json.dumps({name: canonical(spec) for name, spec in models.items()}), capture_output=True, text=True, env=env, check=False)
     if run.returncode != 0:
         raise PreflightError(f"config: the model checks stopped ({' '.join(command)}, exit {run.returncode}):\n{run.stderr[-2000:]}")
     problems: list[str] = json.loads(run.stdout.splitlines()[-1])
