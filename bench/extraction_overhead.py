@@ -33,7 +33,7 @@ from common import (
 from torch import Tensor
 
 from residual import decompose, load_model, trace
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.units.unit_map import layout_of
 
 TARGET = 1.25

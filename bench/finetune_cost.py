@@ -38,7 +38,8 @@ from resident_memory import status_bytes
 from residual import load_model
 from residual.alignment.classifier import ZeroShotClassifier
 from residual.alignment.features import spectral_features
-from residual.alignment.finetune import FinetuneData, FinetuneOptions, FinetuneRuntime, finetune
+from residual.alignment.finetune import FinetuneData, FinetuneRuntime, finetune
+from residual.alignment.options import FinetuneOptions
 from residual.alignment.training import TrainSettings, train
 from residual.alignment.variants import build_variant
 from residual.data.sources import load_source

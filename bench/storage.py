@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from residual import decompose, load_model, read_units
 from residual.data.sources import NoiseImages, Source
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.report.tables import authors_bytes_per_sample
 from residual.units.encode import EncodeSettings, SplitImages, encode_split
 from residual.units.store import UnitFile

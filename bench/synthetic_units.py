@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.units.decompose import RawUnits
 from residual.units.store import UnitWriter
 from residual.units.unit_map import UnitMap, layout_of

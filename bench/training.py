@@ -29,7 +29,7 @@ from residual import load_model, read_units
 from residual.alignment.classifier import ZeroShotClassifier, class_mean_classifier
 from residual.alignment.training import TrainSettings, train
 from residual.alignment.variants import SpectralReweighting, build_variant
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.runtime.device import pick_device
 from residual.spectral.pca import fit_unit_file
 

@@ -1,7 +1,7 @@
 # Charts of the results tables, the paper's tables in LaTeX, the runtime of every job, and what
 # `snakemake --report` gathers (residual.report.outputs declares them, residual.report.figures draws
 # the charts, residual.report.paper_tables lays out the LaTeX tables).
-from residual.report.charts import VERSION as CHARTS_VERSION
+from residual.report.outputs import CHARTS_VERSION
 from residual.report.paper_tables import PAPER_TABLES
 
 # Each chart and LaTeX table is made when the run makes its table (TABLE_KINDS).

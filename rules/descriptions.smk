@@ -1,10 +1,10 @@
 # What each unit encodes, in words (METHOD section 7): the run's text dictionary, fetched once and
 # encoded once per model with a text tower; then per model x dataset TextSpan, SOMP and the texts at
 # both ends of each unit's first principal components.
-from residual.descriptions.describe import VERSION as DESCRIPTIONS_VERSION
-from residual.descriptions.describe import DescriptionSettings, description_datasets
-from residual.descriptions.dictionary import FORMAT as DICTIONARY_FORMAT
-from residual.descriptions.dictionary import DictionarySource, check_source
+from residual.descriptions.options import DESCRIPTIONS_VERSION
+from residual.descriptions.options import DescriptionSettings, description_datasets
+from residual.descriptions.options import DICTIONARY_FORMAT
+from residual.descriptions.sources import DictionarySource, check_source
 
 DICTIONARY = DictionarySource.from_config(config)
 DESCRIBED_MODELS = [model for model in MODELS if has_text_tower(config["models"][model])]

@@ -2,7 +2,7 @@
 # split-half head selections of each world task (the within-task reference of the overlap claim),
 # then the findings table, which sets every claim beside the planted truth (the probes table).
 from residual.config.params import canonical
-from residual.heads.halves import VERSION as HEAD_HALVES_VERSION
+from residual.heads.options import HALVES_VERSION as HEAD_HALVES_VERSION
 from residual.report.findings import VERSION as FINDINGS_VERSION
 
 

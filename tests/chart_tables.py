@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from residual.heads.labels import ALL_HEADS, ALL_UNITS, LABELS
 from residual.heads.maps import HeadMaps
+from residual.heads.options import ALL_HEADS, ALL_UNITS, LABELS
 from residual.io.tables import with_keys
 from residual.report.map_cells import map_cells
 

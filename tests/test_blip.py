@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import BertTokenizer, BlipImageProcessor
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-from residual.models import LoadedModel, ModelSpecError, load_model
+from residual.models.loaded import LoadedModel, ModelSpecError, load_model
 from residual.models.text import NoTextTowerError, encode_text
 from residual.units.decompose import decompose
 from residual.units.guards import TOLERANCE

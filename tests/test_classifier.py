@@ -12,17 +12,11 @@ import torch.nn.functional as F
 from conftest import TINY_DINOV2, TINY_OPEN_CLIP, perturb
 from safetensors.torch import save_file
 
-from residual.alignment.classifier import (
-    DEFAULT_LOGIT_SCALE,
-    ClassifierSpec,
-    ClassWeights,
-    build_classifier,
-    class_means_from_units,
-    load_classifier,
-)
+from residual.alignment.classifier import DEFAULT_LOGIT_SCALE, ClassWeights, build_classifier, class_means_from_units, load_classifier
+from residual.alignment.options import ClassifierSpec
 from residual.config.params import model_params, source_params
 from residual.data.classnames import openai_templates
-from residual.models import load_model
+from residual.models.loaded import load_model
 from residual.models.text import zero_shot_classifier
 from residual.units.store import read_units
 from residual.units.unit_map import UnitMap

@@ -14,8 +14,8 @@ from conftest import REPO, TINY_OPEN_CLIP, perturb
 from test_adapters import HEAD_RANK, HEADS, WIDTH, reference_of, toy_units
 
 from residual import load_model
-from residual.alignment.run import TrainingOptions
-from residual.alignment.variants import Conventions, build_variant, trainable_parameters
+from residual.alignment.options import Conventions, TrainingOptions
+from residual.alignment.variants import build_variant, trainable_parameters
 from residual.report.compare import compare_runs, summarise
 from residual.spectral.pca import OUTPUT, UnitPCA, fit_unit_file
 from residual.spectral.tables import intrinsic_dimension_table, sample_positions

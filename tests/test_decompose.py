@@ -8,7 +8,7 @@ from conftest import TINY_DINOV2, TINY_OPEN_CLIP, TINY_TIMM, perturb
 from safetensors.torch import save_file
 
 from residual import decompose, load_model, trace
-from residual.models import ModelSpecError
+from residual.models.loaded import ModelSpecError
 from residual.models.tower import UnsupportedModelError
 from residual.units.guards import TOLERANCE, DecompositionError, check_decomposition
 from residual.units.layout import UnitLayout

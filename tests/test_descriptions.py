@@ -18,22 +18,11 @@ from torch import Tensor
 from residual.config.errors import ConfigError
 from residual.config.validate import validate_config
 from residual.descriptions.components import component_ends
-from residual.descriptions.describe import (
-    DescriptionSettings,
-    Streaming,
-    describe_unit_file,
-    description_datasets,
-    selected_units,
-)
-from residual.descriptions.dictionary import (
-    Dictionary,
-    DictionaryError,
-    DictionarySource,
-    check_source,
-    fetch_texts,
-    read_texts,
-)
+from residual.descriptions.describe import Streaming, describe_unit_file, selected_units
+from residual.descriptions.dictionary import Dictionary
+from residual.descriptions.options import DescriptionSettings, description_datasets
 from residual.descriptions.somp import somp
+from residual.descriptions.sources import DictionaryError, DictionarySource, check_source, fetch_texts, read_texts
 from residual.descriptions.table import (
     descriptions_markdown,
     descriptions_table,

@@ -14,13 +14,9 @@ from conftest import TINY_OPEN_CLIP
 from safetensors.torch import load_file
 from snakemake_runs import TINY, tiny_config
 
-from residual.alignment.classifier import (
-    ClassifierSpec,
-    ClassWeights,
-    build_classifier,
-    class_means_from_units,
-)
-from residual.alignment.run import TrainingOptions, run_variant
+from residual.alignment.classifier import ClassWeights, build_classifier, class_means_from_units
+from residual.alignment.options import ClassifierSpec, TrainingOptions
+from residual.alignment.run import run_variant
 from residual.alignment.variants import VARIANTS, build_variant, trainable_parameters
 from residual.config.params import model_params, source_params
 from residual.config.validate import SCHEMA, load_config, validate_config

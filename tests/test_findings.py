@@ -12,7 +12,8 @@ import torch
 from test_heads import SIGNAL, class_directions, synthetic_units
 
 from residual.heads.halves import head_halves, split_halves
-from residual.heads.scores import ScoreOptions, class_basis, score_heads
+from residual.heads.options import ScoreOptions
+from residual.heads.scores import class_basis, score_heads
 from residual.heads.tables import jaccard
 from residual.io.tables import DEMO_NOTE, write_table
 from residual.report.findings import MIN_SPEARMAN, findings_summary, findings_table

@@ -16,18 +16,12 @@ from torch import Tensor
 
 from residual import load_model
 from residual.alignment.classifier import ZeroShotClassifier, class_mean_classifier
-from residual.alignment.finetune import (
-    FinetuneData,
-    FinetuneOptions,
-    FinetuneRuntime,
-    _Augmented,
-    finetune,
-    tower_parameters,
-)
+from residual.alignment.finetune import FinetuneData, FinetuneRuntime, _Augmented, finetune, tower_parameters
+from residual.alignment.options import FinetuneOptions
 from residual.config.errors import ConfigError
 from residual.data.sources import load_source
 from residual.data.splits import split_table
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.runtime.workflow import rule_context
 
 RUNTIME = FinetuneRuntime(bf16=False, eval_batch_size=64, workers=0)

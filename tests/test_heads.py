@@ -19,24 +19,9 @@ from conftest import REPO
 from residual.alignment.classifier import ClassWeights, class_means_from_units
 from residual.config.errors import ConfigError
 from residual.config.validate import validate_config
-from residual.heads.scores import (
-    ScoreOptions,
-    StreamingCorrelation,
-    class_basis,
-    ranks,
-    save_means,
-    score_heads,
-    scores_table,
-)
-from residual.heads.selection import (
-    ALL_HEADS,
-    ALL_UNITS,
-    SelectionOptions,
-    evaluate_selections,
-    plan_selections,
-    selection_size,
-    table_fraction,
-)
+from residual.heads.options import ScoreOptions, SelectionOptions, table_fraction
+from residual.heads.scores import StreamingCorrelation, class_basis, ranks, save_means, score_heads, scores_table
+from residual.heads.selection import ALL_HEADS, ALL_UNITS, evaluate_selections, plan_selections, selection_size
 from residual.heads.tables import jaccard, overlap_table, selection_summary
 from residual.heads.zeroshot import zero_shot
 from residual.units.decompose import RawUnits

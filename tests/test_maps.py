@@ -26,8 +26,9 @@ from residual.config.errors import ConfigError
 from residual.config.validate import validate_config
 from residual.data.sources import load_source
 from residual.data.splits import split_table
-from residual.heads.maps import HeadMaps, MapFiles, MapOptions, head_maps, pick_images
-from residual.heads.scores import ScoreOptions, score_heads, scores_table
+from residual.heads.maps import HeadMaps, MapFiles, head_maps, pick_images
+from residual.heads.options import MapOptions, ScoreOptions
+from residual.heads.scores import score_heads, scores_table
 from residual.models.tower import UnsupportedModelError
 from residual.report.map_cells import map_cells, overlay
 from residual.report.map_charts import DISPLAY, textspan_texts

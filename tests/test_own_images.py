@@ -16,7 +16,7 @@ from conftest import REPO
 from PIL import Image
 from snakemake_runs import snakemake, tiny_config
 
-from residual.alignment.classifier import ClassifierSpec
+from residual.alignment.options import ClassifierSpec
 from residual.config.errors import ConfigError
 from residual.config.params import split_params
 from residual.config.preflight import check_config, missing_inputs

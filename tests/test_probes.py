@@ -16,7 +16,8 @@ from sklearn.neighbors import NearestCentroid
 from test_charts import data_marks, scenegraph, texts
 from test_heads import LAYOUT, identity_map
 
-from residual.heads.probes import ProbeOptions, balanced_accuracy, probe_units
+from residual.heads.options import ProbeOptions
+from residual.heads.probes import balanced_accuracy, probe_units
 from residual.heads.tables import best_attributes, probes_summary
 from residual.io.tables import DEMO_NOTE
 from residual.report.figures import render

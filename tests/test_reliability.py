@@ -49,7 +49,7 @@ from residual.config.validate import load_config, validate_config
 from residual.data.sequences import DatasetError
 from residual.data.sources import load_source
 from residual.data.splits import read_split, split_table
-from residual.models import LoadedModel, ModelSpecError
+from residual.models.loaded import LoadedModel, ModelSpecError
 from residual.report.outputs import RunShape, table_kinds
 from residual.report.tables import decomposition_table
 from residual.units.decompose import decompose

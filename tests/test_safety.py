@@ -29,7 +29,7 @@ from residual.data.sources import load_source
 from residual.data.splits import split_table
 from residual.io.atomic import WriteError, atomic_path
 from residual.io.tables import to_markdown
-from residual.models import ModelSpecError, load_model
+from residual.models.loaded import ModelSpecError, load_model
 from residual.report.tables import flag_few_samples
 from residual.runtime.workflow import rule_context
 
@@ -146,7 +146,8 @@ def test_splits_too_small_to_mean_anything_stop_at_the_split(tmp_path: Path) -> 
 
 
 def test_a_task_with_one_class_is_refused() -> None:
-    from residual.alignment.classifier import ClassifierSpec, build_classifier
+    from residual.alignment.classifier import build_classifier
+    from residual.alignment.options import ClassifierSpec
 
     spec = ClassifierSpec({"loader": "random", "size": 30}, None, "plain")
     with pytest.raises(DatasetError, match=r"dataset 'random' is a task with 1 class .*set its `role: analysis`"):

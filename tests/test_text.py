@@ -6,7 +6,7 @@ import pytest
 import torch
 from open_clip import build_zero_shot_classifier
 
-from residual.models import LoadedModel, load_model
+from residual.models.loaded import LoadedModel, load_model
 from residual.models.text import NoTextTowerError, encode_text, zero_shot_classifier
 
 EMBED = 32

@@ -29,8 +29,9 @@ from transformers import (
 
 from residual.config.preflight import PreflightError, check_config
 from residual.config.validate import validate_config
-from residual.models import LoadedModel, load_model
-from residual.models.text import encode_text, has_text_tower
+from residual.libraries import has_text_tower
+from residual.models.loaded import LoadedModel, load_model
+from residual.models.text import encode_text
 from residual.models.tower import UnsupportedModelError
 from residual.units.decompose import decompose
 from residual.units.guards import TOLERANCE

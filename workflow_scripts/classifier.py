@@ -1,4 +1,5 @@
-from residual.alignment.classifier import ClassifierSpec, build_classifier
+from residual.alignment.classifier import build_classifier
+from residual.alignment.options import ClassifierSpec
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context
 

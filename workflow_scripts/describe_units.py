@@ -1,7 +1,8 @@
 import polars as pl
 
-from residual.descriptions.describe import DescriptionSettings, Streaming, describe_unit_file
+from residual.descriptions.describe import Streaming, describe_unit_file
 from residual.descriptions.dictionary import Dictionary
+from residual.descriptions.options import DescriptionSettings
 from residual.io.tables import with_keys, write_table
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context

@@ -1,4 +1,4 @@
-from residual.descriptions.dictionary import DictionarySource, fetch_texts
+from residual.descriptions.sources import DictionarySource, fetch_texts
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:

@@ -1,5 +1,6 @@
-from residual.descriptions.dictionary import encode_dictionary, read_texts
-from residual.models import load_model
+from residual.descriptions.dictionary import encode_dictionary
+from residual.descriptions.sources import read_texts
+from residual.models.loaded import load_model
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context
 

@@ -1,6 +1,6 @@
 import polars as pl
 
-from residual.descriptions.dictionary import read_texts
+from residual.descriptions.sources import read_texts
 from residual.io.tables import with_keys, write_table
 from residual.report.findings import findings_summary, findings_table
 from residual.runtime.workflow import rule_context

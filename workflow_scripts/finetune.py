@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from residual import load_model
-from residual.alignment.finetune import FinetuneData, FinetuneOptions, FinetuneRuntime, run_finetune
+from residual.alignment.finetune import FinetuneData, FinetuneRuntime, run_finetune
+from residual.alignment.options import FinetuneOptions
 from residual.alignment.run import save_run
 from residual.data.sources import load_source
 from residual.runtime.workflow import rule_context

@@ -1,6 +1,7 @@
 from residual import load_model
 from residual.data.sources import load_source
-from residual.heads.maps import MapFiles, MapOptions, head_maps
+from residual.heads.maps import MapFiles, head_maps
+from residual.heads.options import MapOptions
 from residual.runtime.workflow import rule_context
 
 with rule_context(snakemake) as log:

@@ -1,4 +1,5 @@
-from residual.heads.scores import ScoreOptions, save_means, score_heads, scores_table
+from residual.heads.options import ScoreOptions
+from residual.heads.scores import save_means, score_heads, scores_table
 from residual.io.tables import with_keys, write_table
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context

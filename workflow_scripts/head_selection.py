@@ -1,6 +1,7 @@
 import polars as pl
 
-from residual.heads.selection import SelectionOptions, evaluate_selections, plan_selections
+from residual.heads.options import SelectionOptions
+from residual.heads.selection import evaluate_selections, plan_selections
 from residual.io.tables import with_keys, write_table
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context

@@ -1,5 +1,6 @@
 from residual.data.world import ATTRIBUTES
-from residual.heads.probes import ProbeOptions, probe_units
+from residual.heads.options import ProbeOptions
+from residual.heads.probes import probe_units
 from residual.io.tables import with_keys, write_table
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context

@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from residual.alignment.run import TrainingOptions, run_variant, save_run
+from residual.alignment.options import TrainingOptions
+from residual.alignment.run import run_variant, save_run
 from residual.data.sequences import SPLITS
 from residual.runtime.device import pick_device
 from residual.runtime.workflow import rule_context

@@ -9,8 +9,8 @@ from typing import Any
 # any `residual` submodule runs this file, and the Snakefile and the table and chart jobs import
 # torch-free submodules that must not pay for torch and the model libraries.
 _EXPORTS = {
-    "LoadedModel": "residual.models",
-    "load_model": "residual.models",
+    "LoadedModel": "residual.models.loaded",
+    "load_model": "residual.models.loaded",
     "Decomposition": "residual.units.decompose",
     "decompose": "residual.units.decompose",
     "trace": "residual.units.decompose",

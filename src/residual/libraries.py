@@ -106,3 +106,8 @@ LIBRARIES = {
         lambda spec: transformers_architecture(spec) in TRANSFORMERS_TEXT,
     ),
 }
+
+
+def has_text_tower(spec: Mapping[str, Any]) -> bool:
+    """Whether a model entry of the config has a text tower (open_clip, transformers CLIP and BLIP), as its library says."""
+    return LIBRARIES[spec["library"]].text(spec)

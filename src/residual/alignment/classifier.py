@@ -12,25 +12,23 @@ exp(logit_scale) ("normalized"). Their ViT/DINOv2 centroids are the plain class 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from residual.config.params import RuleParams, classifier_source_params, model_params
+from residual.alignment.options import ClassifierSpec, Logits
 from residual.data.sources import DatasetError, class_templates, load_source
 from residual.io.tensors import open_tensors, save_tensors
-from residual.models import LoadedModel, load_model
-from residual.models.text import has_text_tower, zero_shot_classifier
+from residual.models.loaded import LoadedModel, load_model
+from residual.models.text import zero_shot_classifier
 from residual.units.store import UnitFile
 
-Logits = Literal["raw", "normalized"]
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's trained exp(logit_scale), used where a model has none
-VERSION = "classifier/1"  # bump when a change to this module changes the classifiers it writes
+# Its version, CLASSIFIER_VERSION, is in residual.alignment.options: bump it with a change that changes the classifiers it writes.
 
 
 class ZeroShotClassifier(nn.Module):
@@ -101,31 +99,6 @@ def class_means_from_units(path: str | Path, classes: int, normalize: bool, batc
         return class_mean_classifier(embeddings, labels, classes, normalize)
     except ValueError as error:
         raise ValueError(f"unit file {path}: {error}") from error
-
-
-@dataclass(frozen=True)
-class ClassifierSpec(RuleParams):
-    """What a dataset's classifier for one model depends on, as a rule's params.
-
-    source: the dataset's `classifier_source_params` (its class names and templates); model: the
-    model's `model_params` where it has a text tower (the text weights), else None; class_means:
-    'plain' or 'normalized' where it has none (the classifier is then the class means of the
-    train embeddings, an input file), else None.
-    """
-
-    source: dict[str, Any]
-    model: dict[str, Any] | None
-    class_means: Literal["plain", "normalized"] | None
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], model: str, dataset: str) -> ClassifierSpec:
-        spec = config["models"][model]
-        text_tower = has_text_tower(spec)
-        source = classifier_source_params(config["datasets"][dataset], text_tower)
-        if text_tower:
-            return cls(source, model_params(spec), None)
-        return cls(source, None, config["training"]["class_means"])
-
 
 
 def build_classifier(

@@ -33,50 +33,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from residual.alignment.classifier import Logits, ZeroShotClassifier, load_classifier
+from residual.alignment.classifier import ZeroShotClassifier, load_classifier
 from residual.alignment.epochs import Checkpoint, LoopSettings, epoch_batches, hash_tensors, make_optimizer, run_epochs
 from residual.alignment.names import FINETUNE, LABEL
+from residual.alignment.options import FinetuneOptions
 from residual.alignment.training import TrainResult
 from residual.config.errors import ConfigError
-from residual.config.params import RuleParams
 from residual.data.sequences import DatasetError, Source
 from residual.data.splits import read_split, stratified_subset
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.units.encode import SplitImages
 
 FORMAT = "residual-finetune/1"
-VERSION = "finetune/1"  # bump when a change to this module changes the results it writes
-
-
-@dataclass(frozen=True)
-class FinetuneOptions(RuleParams):
-    """The settings a fine-tuning result depends on (see the schema's `finetune` keys); `logits`
-    is `training.logits` (the classifier's convention is shared with the variants), `seed` the
-    run's. max_train_images: a stratified subset of the train split (None: all of it)."""
-
-    logits: Logits = "raw"
-    lr: float = 1e-5
-    clip_norm: float = 1.0
-    batch_size: int = 128
-    epochs: int = 30
-    patience: int = 5
-    max_train_images: int | None = None
-    seed: int = 42
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> FinetuneOptions:
-        """The options in a validated config."""
-        finetune = config["finetune"]
-        return cls(
-            logits=config["training"]["logits"],
-            lr=finetune["lr"],
-            clip_norm=finetune["clip_norm"],
-            batch_size=finetune["batch_size"],
-            epochs=finetune["epochs"],
-            patience=finetune["patience"],
-            max_train_images=finetune["max_train_images"],
-            seed=config["seed"],
-        )
+# Its version, FINETUNE_VERSION, is in residual.alignment.options: bump it with a change that changes the results it writes.
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ PCA of the same model (ResiDual's bases) and the dataset's classifier. The resul
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,72 +16,18 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from residual.alignment.classifier import Logits, load_classifier
+from residual.alignment.classifier import load_classifier
 from residual.alignment.features import spectral_features
+from residual.alignment.options import TrainingOptions
 from residual.alignment.training import TrainSettings, lr_range_test, train
-from residual.alignment.variants import (
-    VARIANTS,
-    Conventions,
-    HeadRank,
-    Init,
-    build_variant,
-)
-from residual.config.params import RuleParams
+from residual.alignment.variants import VARIANTS, build_variant
 from residual.data.sequences import SPLITS
 from residual.io.tables import write_table
 from residual.io.tensors import save_tensors
 from residual.spectral.pca import UnitPCA
 from residual.units.store import UnitFile
 
-VERSION = "train/2"  # bump when a change to the training code changes its results
-
-
-@dataclass(frozen=True)
-class TrainingOptions(RuleParams):
-    """The settings one variant's result depends on (see the schema for each `training` key).
-
-    lr: the variant's own learning rate (`lr_residual` or `lr_adapter`, by `Variant.lr_key`).
-    A variant that trains nothing (`base`) depends on `logits` alone: its other fields are None,
-    so that changing them reruns only the variants they apply to. Likewise `published_code` and
-    `head_rank` (`Conventions`) are None for the variants they do not change.
-    """
-
-    logits: Logits = "raw"
-    lambda_init: Init | None = "randn"
-    lr: float | None = 0.8
-    lr_range_test: bool | None = False
-    batch_size: int | None = 64
-    epochs: int | None = 30
-    patience: int | None = 5
-    seed: int | None = 42
-    published_code: bool | None = None
-    head_rank: HeadRank | None = None
-
-    @property
-    def conventions(self) -> Conventions:
-        """The `Conventions` to build the variant with (a None field: the paper's default, unused)."""
-        chosen = {key: value for key, value in (("published_code", self.published_code), ("head_rank", self.head_rank)) if value is not None}
-        return Conventions(**chosen)
-
-    @classmethod
-    def for_variant(cls, config: Mapping[str, Any], variant: str) -> TrainingOptions:
-        """The options of `variant` in a validated config."""
-        training, lr_key = config["training"], VARIANTS[variant].lr_key
-        if lr_key is None:
-            return cls(training["logits"], None, None, None, None, None, None, None)
-        conventions = {key: training[key] for key in VARIANTS[variant].conventions}
-        return cls(
-            **conventions,
-            logits=training["logits"],
-            lambda_init=training["lambda_init"],
-            lr=training[lr_key],
-            lr_range_test=training["lr_range_test"],
-            batch_size=training["batch_size"],
-            epochs=training["epochs"],
-            patience=training["patience"],
-            seed=config["seed"],
-        )
-
+# Its version, TRAINING_VERSION, is in residual.alignment.options: bump it with a change to the training code that changes its results.
 
 
 def run_variant(

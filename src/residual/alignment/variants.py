@@ -41,26 +41,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from residual.alignment.features import Ablation, FeaturePlan, Features, make_plan
+from residual.alignment.options import Conventions, Init
 from residual.spectral.pca import OUTPUT, UnitPCA
 from residual.units.layout import parse_unit
 
-Init = Literal["ones", "randn"]
-HeadRank = Literal["nonzero", "d_head"]
 FINE_THRESHOLD = 0.90
-
-
-@dataclass(frozen=True)
-class Conventions:
-    """Where the paper and the authors' published code differ (module docstring); defaults: the paper."""
-
-    published_code: bool = False
-    head_rank: HeadRank = "nonzero"
 
 
 def initial_lambdas(size: int, init: Init, seed: int) -> Tensor:
@@ -205,16 +195,13 @@ def _embedding_plan(reference: UnitPCA, ablation: Ablation, conventions: Convent
 @dataclass(frozen=True)
 class Variant:
     """A row of METHOD's table: `plan(reference, ablation, conventions)` builds the feature plan,
-    `module(plan, init, seed, conventions)` the trainable module; `ablation` is the authors' default;
-    `lr_key` the `training` key of its learning rate (None: nothing is trained); `conventions` the
-    `Conventions` fields it depends on (the others do not change it)."""
+    `module(plan, init, seed, conventions)` the trainable module; `ablation` is the authors' default.
+    The config keys it depends on are its `residual.alignment.options.VARIANT_KEYS` entry."""
 
     label: str
     ablation: Ablation
     plan: Callable[[UnitPCA, Ablation, Conventions], FeaturePlan]
     module: Callable[[FeaturePlan, Init, int, Conventions], nn.Module]
-    lr_key: str | None
-    conventions: tuple[str, ...] = ()
 
 
 def _plain(module: Callable[[FeaturePlan, Init, int], nn.Module]) -> Callable[[FeaturePlan, Init, int, Conventions], nn.Module]:
@@ -223,16 +210,12 @@ def _plain(module: Callable[[FeaturePlan, Init, int], nn.Module]) -> Callable[[F
 
 
 VARIANTS: dict[str, Variant] = {
-    "base": Variant("zero-shot", "zero", _embedding_plan, _plain(lambda plan, init, seed: ZeroShot()), None),
-    "residual_fine": Variant("ResiDual*", "zero", _fine_plan, _plain(SpectralReweighting), "lr_residual"),
-    "residual_full": Variant("ResiDual", "sum", _full_plan, _full_module, "lr_residual", ("published_code", "head_rank")),
-    "residual_coarse": Variant("Optimized", "zero", _every_component("head"), _plain(UnitScaling), "lr_residual"),
-    "spectral_adapter": Variant(
-        "spectral adapter", "zero", _output_plan, _plain(SpectralReweighting), "lr_adapter", ("published_code",)
-    ),
-    "linear_adapter": Variant(
-        "linear adapter", "zero", _embedding_plan, _plain(lambda plan, init, seed: LinearAdapter(plan.width, init, seed)), "lr_adapter"
-    ),
+    "base": Variant("zero-shot", "zero", _embedding_plan, _plain(lambda plan, init, seed: ZeroShot())),
+    "residual_fine": Variant("ResiDual*", "zero", _fine_plan, _plain(SpectralReweighting)),
+    "residual_full": Variant("ResiDual", "sum", _full_plan, _full_module),
+    "residual_coarse": Variant("Optimized", "zero", _every_component("head"), _plain(UnitScaling)),
+    "spectral_adapter": Variant("spectral adapter", "zero", _output_plan, _plain(SpectralReweighting)),
+    "linear_adapter": Variant("linear adapter", "zero", _embedding_plan, _plain(lambda plan, init, seed: LinearAdapter(plan.width, init, seed))),
 }
 
 

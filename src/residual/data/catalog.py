@@ -16,15 +16,17 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch.utils.data import ConcatDataset, Dataset, Subset
-from torchvision import datasets as tv
-from torchvision.datasets.utils import download_and_extract_archive, download_url
 
 from residual.data.classnames import by_index, by_name
 from residual.data.sequences import SPLITS, DatasetError, LabelledImages, Source
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+    from torchvision.datasets import ImageFolder
 
 PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
 WNID = re.compile(r"n\d{8}")
@@ -95,6 +97,8 @@ def _labelled(dataset: Dataset) -> LabelledImages:
 
 
 def _concat(datasets: Sequence[Dataset]) -> LabelledImages:
+    from torch.utils.data import ConcatDataset
+
     return LabelledImages(ConcatDataset(datasets), [label for dataset in datasets for label in _targets(dataset)])
 
 
@@ -102,45 +106,57 @@ def _class_count(part: LabelledImages) -> int:
     return len(set(part.targets))
 
 
-def _torchvision_fetch(dataset: type, *variants: dict[str, Any]) -> Callable[[Path], None]:
-    """torchvision's own download (download=True) of every variant (e.g. split) of a dataset:
-    it skips what is already present and verifies the MD5 of what it fetches."""
+def _torchvision() -> ModuleType:
+    """torchvision's datasets, imported when a dataset is read or fetched: the workflow reads this
+    table when it parses, which must not import torch."""
+    from torchvision import datasets
+
+    return datasets
+
+
+def _torchvision_fetch(dataset: str, *variants: dict[str, Any]) -> Callable[[Path], None]:
+    """torchvision's own download (download=True) of every variant (e.g. split) of its dataset class
+    `dataset`: it skips what is already present and verifies the MD5 of what it fetches."""
 
     def fetch(root: Path) -> None:
         for variant in variants or ({},):
-            dataset(root, download=True, **variant)
+            getattr(_torchvision(), dataset)(root, download=True, **variant)
 
     return fetch
 
 
-def _torchvision_origin(dataset: type) -> str:
+def _torchvision_origin(dataset: str) -> str:
     return (
-        f"Run the download step (`download: true`: torchvision.datasets.{dataset.__name__} fetches and "
+        f"Run the download step (`download: true`: torchvision.datasets.{dataset} fetches and "
         "checks the official files), or place them there by hand in torchvision's layout."
     )
 
 
-def _read_cifar(name: str, dataset: type[tv.CIFAR10]) -> Callable[[Path], Source]:
+def _read_cifar(name: str, dataset: str) -> Callable[[Path], Source]:
     def read(root: Path) -> Source:
-        train, test = dataset(root, train=True), dataset(root, train=False)
+        cifar = getattr(_torchvision(), dataset)
+        train, test = cifar(root, train=True), cifar(root, train=False)
         return Source({"train": _labelled(train), "test": _labelled(test)}, by_name(name, train.classes))
 
     return read
 
 
 def _read_mnist(root: Path) -> Source:
+    tv = _torchvision()
     parts = {"train": _labelled(tv.MNIST(root, train=True)), "test": _labelled(tv.MNIST(root, train=False))}
     return Source(parts, by_index("mnist", _class_count(parts["train"])))
 
 
 def _read_svhn(root: Path) -> Source:
     """Cropped digits, train and test only (METHOD: no `extra`); torchvision maps label 10 to 0."""
+    tv = _torchvision()
     parts = {split: _labelled(tv.SVHN(root, split=split)) for split in ("train", "test")}
     return Source(parts, by_index("svhn", _class_count(parts["train"])))
 
 
 def _read_gtsrb(root: Path) -> Source:
     """Labels are GTSRB ClassIds (train: the sorted folders 00000..00042; test: the CSV)."""
+    tv = _torchvision()
     parts = {split: _labelled(tv.GTSRB(root, split=split)) for split in ("train", "test")}
     return Source(parts, by_index("gtsrb", _class_count(parts["train"])))
 
@@ -149,6 +165,7 @@ def _read_dtd(root: Path) -> Source:
     """Partition 1. Its train and val lists together form 'train' (80 images per class), test is
     'test': the 80/20 holdout of METHOD carves our val out of 'train', so DTD's own val would
     otherwise go unused."""
+    tv = _torchvision()
     train, val, test = (tv.DTD(root, split=split, partition=1) for split in SPLITS)
     if not train.classes == val.classes == test.classes:
         raise DatasetError(f"dataset 'dtd': {root}: labels/train1.txt, val1.txt and test1.txt list different classes")
@@ -156,6 +173,7 @@ def _read_dtd(root: Path) -> Source:
 
 
 def _read_eurosat(root: Path) -> Source:
+    tv = _torchvision()
     dataset = tv.EuroSAT(root)
     return Source({"all": _labelled(dataset)}, by_name("eurosat", dataset.classes))
 
@@ -163,21 +181,26 @@ def _read_eurosat(root: Path) -> Source:
 def _read_sun397(root: Path) -> Source:
     """All 108,754 images as 'all' (the 80/10/10 resplit ignores SUN397's ten partitions), sorted
     by path: torchvision lists them in file-system order, which differs between machines."""
+    tv = _torchvision()
     dataset = tv.SUN397(root)
     # torchvision keeps the image paths private too; they are the only sort key it offers
     order = sorted(range(len(dataset)), key=lambda index: dataset._image_files[index])
     labels = _targets(dataset)
+    from torch.utils.data import Subset
+
     part = LabelledImages(Subset(dataset, order), [labels[index] for index in order])
     return Source({"all": part}, by_name("sun397", dataset.classes))
 
 
 def _read_stanford_cars(root: Path) -> Source:
+    tv = _torchvision()
     train, test = tv.StanfordCars(root, split="train"), tv.StanfordCars(root, split="test")
     return Source({"train": _labelled(train), "test": _labelled(test)}, by_name("stanford_cars", train.classes))
 
 
 def _read_resisc45(root: Path) -> Source:
     """NWPU-RESISC45 class folders, each split given by a list of file names."""
+    tv = _torchvision()
     parts: dict[str, LabelledImages] = {}
     classes: list[str] = []
     for split in SPLITS:
@@ -195,6 +218,8 @@ def _read_resisc45(root: Path) -> Source:
 
 
 def _fetch_resisc45(root: Path) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive, download_url
+
     archive, *lists = RESISC45_FILES
     if not (root / "NWPU-RESISC45").is_dir():
         download_and_extract_archive(RESISC45_MIRROR + archive, download_root=str(root), md5=RESISC45_FILES[archive])
@@ -202,9 +227,10 @@ def _fetch_resisc45(root: Path) -> None:
         download_url(RESISC45_MIRROR + name, str(root), filename=name, md5=RESISC45_FILES[name])
 
 
-def _wnid_folder(root: Path, folder: str) -> tv.ImageFolder:
+def _wnid_folder(root: Path, folder: str) -> ImageFolder:
     """An ImageFolder whose classes must be WordNet ids: labels then follow the sorted-wnid
     order that OpenAI's ImageNet class names are listed in."""
+    tv = _torchvision()
     images = tv.ImageFolder(str(root / folder))
     wrong = [name for name in images.classes if not WNID.fullmatch(name)]
     if wrong:
@@ -228,6 +254,7 @@ def _read_imagenet_sketch(root: Path) -> Source:
 
 def _read_pacs(root: Path) -> Source:
     """The four domains pooled as 'all'; metadata['domains'] gives each domain's index range."""
+    tv = _torchvision()
     domains = [tv.ImageFolder(str(root / domain)) for domain in PACS_DOMAINS]
     classes = domains[0].classes
     if any(domain.classes != classes for domain in domains):
@@ -246,19 +273,19 @@ DATASETS: dict[str, DatasetEntry] = {
         "(e.g. with ILSVRC2012_devkit_t12's ground truth); see docs/datasets.md.",
     ),
     "cifar10": DatasetEntry(
-        _read_cifar("cifar10", tv.CIFAR10),
+        _read_cifar("cifar10", "CIFAR10"),
         tuple(
             f"cifar-10-batches-py/{name}"
             for name in ("batches.meta", "test_batch", *(f"data_batch_{i}" for i in range(1, 6)))
         ),
-        _torchvision_origin(tv.CIFAR10),
-        _torchvision_fetch(tv.CIFAR10),
+        _torchvision_origin("CIFAR10"),
+        _torchvision_fetch("CIFAR10"),
     ),
     "cifar100": DatasetEntry(
-        _read_cifar("cifar100", tv.CIFAR100),
+        _read_cifar("cifar100", "CIFAR100"),
         ("cifar-100-python/meta", "cifar-100-python/train", "cifar-100-python/test"),
-        _torchvision_origin(tv.CIFAR100),
-        _torchvision_fetch(tv.CIFAR100),
+        _torchvision_origin("CIFAR100"),
+        _torchvision_fetch("CIFAR100"),
     ),
     "mnist": DatasetEntry(
         _read_mnist,
@@ -266,32 +293,32 @@ DATASETS: dict[str, DatasetEntry] = {
             f"MNIST/raw/{name}-ubyte"
             for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
         ),
-        _torchvision_origin(tv.MNIST),
-        _torchvision_fetch(tv.MNIST),
+        _torchvision_origin("MNIST"),
+        _torchvision_fetch("MNIST"),
     ),
     "svhn": DatasetEntry(
         _read_svhn,
         ("train_32x32.mat", "test_32x32.mat"),
-        _torchvision_origin(tv.SVHN),
-        _torchvision_fetch(tv.SVHN, {"split": "train"}, {"split": "test"}),
+        _torchvision_origin("SVHN"),
+        _torchvision_fetch("SVHN", {"split": "train"}, {"split": "test"}),
     ),
     "gtsrb": DatasetEntry(
         _read_gtsrb,
         ("gtsrb/GTSRB/Training/", "gtsrb/GTSRB/Final_Test/Images/", "gtsrb/GT-final_test.csv"),
-        _torchvision_origin(tv.GTSRB),
-        _torchvision_fetch(tv.GTSRB, {"split": "train"}, {"split": "test"}),
+        _torchvision_origin("GTSRB"),
+        _torchvision_fetch("GTSRB", {"split": "train"}, {"split": "test"}),
     ),
     "dtd": DatasetEntry(
         _read_dtd,
         ("dtd/dtd/images/", *(f"dtd/dtd/labels/{split}1.txt" for split in SPLITS)),
-        _torchvision_origin(tv.DTD),
-        _torchvision_fetch(tv.DTD),
+        _torchvision_origin("DTD"),
+        _torchvision_fetch("DTD"),
     ),
     "eurosat": DatasetEntry(
-        _read_eurosat, ("eurosat/2750/",), _torchvision_origin(tv.EuroSAT), _torchvision_fetch(tv.EuroSAT)
+        _read_eurosat, ("eurosat/2750/",), _torchvision_origin("EuroSAT"), _torchvision_fetch("EuroSAT")
     ),
     "sun397": DatasetEntry(
-        _read_sun397, ("SUN397/ClassName.txt",), _torchvision_origin(tv.SUN397), _torchvision_fetch(tv.SUN397)
+        _read_sun397, ("SUN397/ClassName.txt",), _torchvision_origin("SUN397"), _torchvision_fetch("SUN397")
     ),
     "stanford_cars": DatasetEntry(
         _read_stanford_cars,

@@ -19,14 +19,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-from torch.utils.data import Dataset
-from torchvision import datasets as tv
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
 from residual.data.sequences import SPLITS, DatasetError, LabelledImages, Source
+
+if TYPE_CHECKING:  # torchvision is imported where images are read: the workflow imports LOADER and `missing` when it parses
+    from torchvision.datasets import ImageFolder
 
 LOADER = "imagefolder"
 # CLIP's single-prompt template, the zero-shot default where a dataset has no list of its own.
@@ -34,7 +34,7 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 DOCS = "see docs/datasets.md, 'Your own images'"
 
 
-class ListedImages(Dataset):
+class ListedImages:
     """The images a table lists: `samples` is [(file path, label)] (the attribute name
     ImageFolder uses, which error messages read to name a file)."""
 
@@ -45,6 +45,8 @@ class ListedImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        from torchvision.datasets.folder import default_loader
+
         path, label = self.samples[index]
         return default_loader(path), label
 
@@ -95,9 +97,12 @@ def _read_folders(root: Path) -> tuple[dict[str, LabelledImages], list[str]]:
     return {split: LabelledImages(images, images.targets) for split, images in parts.items()}, classes
 
 
-def _image_folder(folder: Path) -> tv.ImageFolder:
+def _image_folder(folder: Path) -> ImageFolder:
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     try:
-        return tv.ImageFolder(str(folder))
+        return ImageFolder(str(folder))
     except FileNotFoundError as error:  # no class folder, or a class folder without an image file
         raise DatasetError(
             f"{folder} cannot be read as class folders ({error}): put one folder per class there, each holding "

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where an image is rendered: the workflow imports SPLITS when it parses
+    from torch import Tensor
+    from torch.utils.data import Dataset
 
 SPLITS = ("train", "val", "test")  # the pipeline's splits, and the official part names of datasets that have all three
 
@@ -58,6 +60,8 @@ class NoiseImage:
 
     def render(self, size: tuple[int, int]) -> Tensor:
         """[3, H, W] float32."""
+        import torch
+
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.index)
         return torch.rand(3, *size, generator=generator) * 2 - 1
 
@@ -97,7 +101,7 @@ class LabelledImages:
     sees the same kind of input.
     """
 
-    def __init__(self, dataset: torch.utils.data.Dataset, targets: list[int]) -> None:
+    def __init__(self, dataset: Dataset, targets: list[int]) -> None:
         size = len(dataset)  # type: ignore[arg-type]
         if len(targets) != size:
             raise DatasetError(f"{type(dataset).__name__}: {len(targets)} labels for {size} images")
@@ -119,9 +123,11 @@ class LabelledImages:
 
 def _describe(dataset: Any, index: int) -> str:
     """The image file behind item `index` of a torchvision dataset (through Subset and ConcatDataset), if it has one."""
-    if isinstance(dataset, torch.utils.data.Subset):
+    from torch.utils.data import ConcatDataset, Subset
+
+    if isinstance(dataset, Subset):
         return _describe(dataset.dataset, int(dataset.indices[index]))
-    if isinstance(dataset, torch.utils.data.ConcatDataset):
+    if isinstance(dataset, ConcatDataset):
         part = int(np.searchsorted(dataset.cumulative_sizes, index, side="right"))
         return _describe(dataset.datasets[part], index - (dataset.cumulative_sizes[part - 1] if part else 0))
     for attribute in ("samples", "_samples", "_image_files"):  # ImageFolder; GTSRB, StanfordCars; DTD, SUN397

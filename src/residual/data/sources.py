@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import Tensor
 
 from residual.data.catalog import DATASETS, load
 from residual.data.classnames import openai_templates
@@ -32,6 +31,9 @@ from residual.data.sequences import (
     Source,
 )
 from residual.data.world import load_world_source
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "FILE_LOADERS",

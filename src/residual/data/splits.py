@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from sklearn.model_selection import train_test_split
 
 from residual.data.sequences import SPLITS
 from residual.data.sources import DatasetError, Source
@@ -143,6 +142,8 @@ def stratified_subset(frame: pl.DataFrame, size: int | None, seed: int, dataset:
 
 def _split(frame: pl.DataFrame, dataset: str, **options: Any) -> list[np.ndarray]:
     """scikit-learn's train_test_split of the row numbers, its complaints about sizes as DatasetError."""
+    from sklearn.model_selection import train_test_split  # here: the workflow imports VERSION when it parses
+
     try:
         return train_test_split(np.arange(frame.height), **options)
     except ValueError as error:  # an empty side, or fewer held-out samples than classes

@@ -10,18 +10,17 @@ about d_head + 2 for a head), never the [n, d] outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import torch
 from torch import Tensor
 
-from residual.config.params import RuleParams
 from residual.descriptions.components import component_ends
 from residual.descriptions.dictionary import Dictionary
+from residual.descriptions.options import DescriptionSettings
 from residual.descriptions.somp import somp
 from residual.descriptions.table import METHODS, unit_rows
 from residual.descriptions.textspan import Decomposition, text_span
@@ -30,28 +29,8 @@ from residual.units.guards import check_finite_values
 from residual.units.layout import UnitLayout, unit_coordinates
 from residual.units.store import UnitFile
 
-VERSION = "descriptions/2"  # bump when a change to this package changes the descriptions it writes
+# Its version, DESCRIPTIONS_VERSION, is in residual.descriptions.options: bump it with a change to this package that changes the descriptions it writes.
 PCA_SPLIT = "train"  # the split the pca rule fits
-
-
-@dataclass(frozen=True)
-class DescriptionSettings(RuleParams):
-    """What a unit's descriptions depend on, as a rule's params. split: the split described; units:
-    N (the heads of the last N layers) or 'all' (every unit); rank: TextSpan's span; k: texts per
-    method; components: principal components per unit; per_end: texts at each end of a component."""
-
-    split: str
-    units: int | str
-    rank: int
-    k: int
-    components: int
-    per_end: int
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> DescriptionSettings:
-        entry = config["descriptions"]
-        return cls(**{name: entry[name] for name in ("split", "units", "rank", "k", "components", "per_end")})
-
 
 
 @dataclass(frozen=True)
@@ -61,11 +40,6 @@ class Streaming:
     batch_size: int = 4096
     group_size: int = 16
     device: torch.device | str = "cpu"
-
-
-def description_datasets(config: Mapping[str, Any]) -> list[str]:
-    """Datasets whose units are described (the reference dataset unless the config lists them)."""
-    return config["descriptions"]["datasets"] or [config["reference_dataset"]]
 
 
 def selected_units(layout: UnitLayout, units: int | str) -> list[str]:

@@ -17,15 +17,15 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from residual.alignment.classifier import Logits
-from residual.heads.scores import SCORES, ScoreOptions, ranks, score_heads
-from residual.heads.selection import fraction_label, selection_size
+from residual.alignment.options import Logits
+from residual.heads.options import HALVES_SCORE, SCORES, ScoreOptions, fraction_label
+from residual.heads.scores import ranks, score_heads
+from residual.heads.selection import selection_size
 from residual.heads.tables import jaccard
 from residual.spectral.tables import sample_positions
 from residual.units.store import UnitFile
 
-VERSION = "head-halves/1"  # bump when a change to this module changes the rows it writes
-SCORE = "task_conditioned"  # the score whose selections the overlap claim is about (U|T)
+# Its version, HALVES_VERSION, is in residual.heads.options: bump it with a change that changes the rows it writes.
 
 
 def split_halves(count: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -54,14 +54,14 @@ def head_halves(
     """One row: score, label, seed, fraction, selection, k, samples_a, samples_b, heads_a, heads_b
     (space-separated head names, layout order) and their jaccard, for the val unit file at
     `unit_path` (two streamed passes, one per half)."""
-    options = ScoreOptions([SCORE], [], logits)
+    options = ScoreOptions([HALVES_SCORE], [], logits)
     halves = split_halves(len(UnitFile(unit_path)), seed)
     scored = [score_heads(unit_path, classifier_path, options, batch_size, device, keep=half) for half in halves]
     k = selection_size(fraction, len(scored[0].heads))
-    chosen = [top_heads(result.heads, result.scores[SCORE, None], k) for result in scored]
+    chosen = [top_heads(result.heads, result.scores[HALVES_SCORE, None], k) for result in scored]
     row = {
-        "score": SCORE,
-        "label": SCORES[SCORE],
+        "score": HALVES_SCORE,
+        "label": SCORES[HALVES_SCORE],
         "seed": seed,
         "fraction": fraction,
         "selection": fraction_label(fraction),

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from residual.alignment.classifier import Logits, ZeroShotClassifier, load_classifier
+from residual.alignment.classifier import ZeroShotClassifier, load_classifier
+from residual.alignment.options import Logits
 from residual.units.guards import check_finite_values
 from residual.units.store import StoredUnits, UnitFile
 

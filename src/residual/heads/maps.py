@@ -24,7 +24,7 @@ sample ids. Memory: one batch of `batch_size` images x K heads x T tokens x d_ou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,72 +37,26 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import Normalize
 
 from residual.alignment.classifier import load_classifier
-from residual.config.errors import ConfigError
-from residual.config.params import RuleParams
 from residual.data.sequences import Source
 from residual.data.splits import read_split
+from residual.heads.options import MapOptions
 from residual.heads.probes import component_bases
 from residual.heads.scores import ranking
-from residual.heads.selection import selection_size, table_fraction
+from residual.heads.selection import selection_size
 from residual.io.tensors import TensorFileError, open_tensors, save_tensors
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.spectral.pca import UnitPCA
 from residual.units.encode import SplitImages
 from residual.units.tokens import decompose_tokens
 from residual.units.unit_map import UnitMap, layout_of
 
-VERSION = "head-maps/1"  # bump when a change to this module changes the maps it writes
+# Its version, MAPS_VERSION, is in residual.heads.options: bump it with a change that changes the maps it writes.
 FORMAT = "head-maps/1"  # the file layout; bump with it
 CLASS_MAP = "class"
-# The scores a selection can be drawn from: the deterministic ones (`random` has a seed per order).
-MAP_SCORES = ("task_conditioned", "unsupervised", "supervised")
 
 
 class MapsFileError(TensorFileError):
     """A maps file is missing, corrupt or of another format."""
-
-
-@dataclass(frozen=True)
-class MapOptions(RuleParams):
-    """What the maps depend on (`maps:` in the config, `heads.table_fraction` and the run's `seed`):
-    images_per_class test images of each of at most `classes` classes (None: every class), drawn with
-    `seed`; the first `heads` heads of the `score` selection at `fraction`; `components` principal
-    components of each."""
-
-    images_per_class: int = 2
-    classes: int | None = 8
-    heads: int = 4
-    components: int = 2
-    score: str = "task_conditioned"
-    fraction: float = 0.05
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        for key in ("images_per_class", "heads"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"`maps.{key}` is {getattr(self, key)}; it must be 1 or more")
-        if self.classes is not None and self.classes < 1:
-            raise ValueError(f"`maps.classes` is {self.classes}; it must be 1 or more, or null for every class")
-        if self.components < 0:
-            raise ValueError(f"`maps.components` is {self.components}; it must be 0 or more")
-        if self.score not in MAP_SCORES:
-            raise ValueError(f"`maps.score` is {self.score!r}; choose one of {list(MAP_SCORES)}")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> MapOptions:
-        maps = config["maps"]
-        if maps["score"] not in config["heads"]["scores"]:
-            raise ConfigError(f"config: at `maps.score`: {maps['score']!r} is not one of `heads.scores` {config['heads']['scores']}; add it there")
-        classes = maps["classes"]
-        return cls(
-            images_per_class=int(maps["images_per_class"]),
-            classes=None if classes is None else int(classes),
-            heads=int(maps["heads"]),
-            components=int(maps["components"]),
-            score=maps["score"],
-            fraction=table_fraction(config),
-            seed=int(config["seed"]),
-        )
 
 
 @dataclass(frozen=True)

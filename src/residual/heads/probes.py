@@ -29,7 +29,7 @@ columns: memory group_size x d_out^2 float64 plus one batch, whatever the number
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -40,13 +40,13 @@ import torch
 from torch import Tensor
 from torch.nn.functional import one_hot
 
-from residual.config.params import RuleParams
 from residual.heads.inputs import device_batches
+from residual.heads.options import ProbeOptions
 from residual.spectral.pca import UnitPCA
 from residual.units.layout import OUTPUT, is_head, unit_coordinates
 from residual.units.store import UnitFile
 
-VERSION = "probes/1"  # bump when a change to this module changes the probe tables it writes
+# Its version, PROBES_VERSION, is in residual.heads.options: bump it with a change that changes the probe tables it writes.
 # The columns of `probe_units` (the workflow script puts model, dataset and attribute in front):
 # component and explained_variance_ratio are null for the whole unit.
 SCHEMA = {
@@ -62,26 +62,6 @@ SCHEMA = {
     "n_train": pl.Int64,
     "n_val": pl.Int64,
 }
-
-
-@dataclass(frozen=True)
-class ProbeOptions(RuleParams):
-    """What the probes depend on: the LDA's covariance shrinkage in (0, 1] and how many principal
-    components of each unit are probed one by one (`probes:` in the config)."""
-
-    shrinkage: float = 0.01
-    components: int = 8
-
-    def __post_init__(self) -> None:
-        if not 0 < self.shrinkage <= 1:
-            raise ValueError(f"`probes.shrinkage` is {self.shrinkage}; it must be in (0, 1] (unshrunk, a unit's covariance may be singular)")
-        if self.components < 0:
-            raise ValueError(f"`probes.components` is {self.components}; it must be 0 or more")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ProbeOptions:
-        probes = config["probes"]
-        return cls(float(probes["shrinkage"]), int(probes["components"]))
 
 
 class ClassMoments:

@@ -17,46 +17,21 @@ The val mean of every unit (for the `mean` ablation of the selections) comes out
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import torch
 from torch import Tensor
 
-from residual.alignment.classifier import Logits
-from residual.config.params import RuleParams
 from residual.heads.inputs import device_batches, task_classifier
-from residual.heads.labels import SCORES
+from residual.heads.options import SCORES, ScoreOptions
 from residual.io.tensors import open_tensors, save_tensors
 from residual.units.layout import is_head, unit_coordinates
 from residual.units.store import UnitFile
 
-VERSION = "head-scores/1"  # bump when a change to this module changes the scores or means it writes
+# Its version, SCORES_VERSION, is in residual.heads.options: bump it with a change that changes the scores or means it writes.
 CONSTANT = 1e-12  # relative standard deviation below which a series counts as constant
-
-
-@dataclass(frozen=True)
-class ScoreOptions(RuleParams):
-    """What the scores depend on: the score names (keys of SCORES), the seeds of the random
-    scores, and the classifier's logit convention (`training.logits`)."""
-
-    scores: list[str]
-    random_seeds: list[int]
-    logits: Logits = "raw"
-
-    def __post_init__(self) -> None:
-        unknown = [name for name in self.scores if name not in SCORES]
-        if unknown:
-            raise ValueError(f"`heads.scores`: {unknown} are not scores; choose from {list(SCORES)}")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ScoreOptions:
-        heads = config["heads"]
-        return cls(list(heads["scores"]), list(heads["random_seeds"]), config["training"]["logits"])
-
 
 
 class StreamingCorrelation:

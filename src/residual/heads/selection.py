@@ -12,50 +12,21 @@ are fixed by the scores file, so one job evaluates all of them in one streamed p
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import torch
 
-from residual.alignment.classifier import Logits
-from residual.config.errors import ConfigError
-from residual.config.params import RuleParams
 from residual.heads.inputs import device_batches, task_classifier
-from residual.heads.labels import ALL_HEADS, ALL_UNITS, LABELS, fraction_label
+from residual.heads.options import ALL_HEADS, ALL_UNITS, LABELS, SelectionOptions, fraction_label
 from residual.heads.scores import load_means, ranking, score_keys
 from residual.heads.zeroshot import unit_sum
 from residual.units.layout import is_head
 from residual.units.store import UnitFile
 
-VERSION = "head-selection/1"  # bump when a change to this module changes the rows it writes
-ABLATIONS = ("zero", "mean")
-
-
-@dataclass(frozen=True)
-class SelectionOptions(RuleParams):
-    """What the selections' accuracies depend on besides the scores file: the fractions of heads
-    kept, the ablations of the other units, and the classifier's logit convention."""
-
-    fractions: list[float]
-    ablations: list[str]
-    logits: Logits = "raw"
-
-    def __post_init__(self) -> None:
-        for fraction in self.fractions:
-            if not 0 < fraction <= 1:
-                raise ValueError(f"`heads.fractions`: {fraction} is outside (0, 1]; give fractions of the heads kept")
-        unknown = [name for name in self.ablations if name not in ABLATIONS]
-        if unknown:
-            raise ValueError(f"`heads.ablations`: {unknown} are not ablations; choose from {list(ABLATIONS)}")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> SelectionOptions:
-        heads = config["heads"]
-        return cls([float(f) for f in heads["fractions"]], list(heads["ablations"]), config["training"]["logits"])
-
+# Its version, SELECTION_VERSION, is in residual.heads.options: bump it with a change that changes the rows it writes.
 
 
 def selection_size(fraction: float | None, heads: int) -> int:
@@ -155,12 +126,3 @@ def evaluate_selections(
                 }
             )
     return pl.DataFrame(rows, schema_overrides={"seed": pl.Int64, "fraction": pl.Float64})
-
-
-def table_fraction(config: Mapping[str, Any]) -> float:
-    """`heads.table_fraction` of a validated config, which must be one of `heads.fractions`."""
-    heads = config["heads"]
-    fraction = float(heads["table_fraction"])
-    if not any(abs(fraction - f) < 1e-9 for f in heads["fractions"]):
-        raise ConfigError(f"config: at `heads.table_fraction`: {fraction} is not one of `heads.fractions` {heads['fractions']}; add it there")
-    return fraction

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-from residual.heads.labels import ALL_HEADS, ALL_UNITS, LABELS, SCORES
+from residual.heads.options import ALL_HEADS, ALL_UNITS, LABELS, SCORES
 from residual.io.tables import with_keys
 
 VERSION = "head-tables/1"  # bump when a change to this module changes the tables it writes

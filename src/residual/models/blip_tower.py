@@ -21,7 +21,7 @@ from transformers.models.blip.modeling_blip import BlipAttention, BlipEncoderLay
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from residual.models import LoadedModel
+    from residual.models.loaded import LoadedModel
 
 MODEL = BlipForImageTextRetrieval
 ARCH = MODEL.__name__

@@ -15,12 +15,12 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
 from residual.libraries import suggest
-from residual.models import looks_like_path
 from residual.models.checkpoint import read_state_dict
+from residual.models.loaded import looks_like_path
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from residual.models import LoadedModel
+    from residual.models.loaded import LoadedModel
 
 
 def create(spec: dict[str, Any]) -> tuple[nn.Module, Any, tuple[int, int], dict[str, Any]]:

@@ -27,11 +27,12 @@ from torch import Tensor, nn
 from residual.config.params import RuleParams
 from residual.data.world import ATTRIBUTES, NAMES, pretrain_pairs
 from residual.io.tensors import save_tensors
-from residual.models import LoadedModel, load_model
+from residual.models.loaded import LoadedModel, load_model
+from residual.models.versions import PRETRAIN_VERSION
 
 log = logging.getLogger(__name__)
 
-VERSION = "pretrain/1"  # bump when a change to this module changes the weights it writes
+# Its version, PRETRAIN_VERSION, is in residual.models.versions: bump it there when a change to this module changes the weights it writes.
 
 
 @dataclass(frozen=True)
@@ -168,5 +169,5 @@ def save_pretrained(model: LoadedModel, result: PretrainResult, options: Pretrai
     options and the loss of every epoch in the header."""
     # Losses only: timings would make two identical runs' files differ (they are in the log).
     history = [{"epoch": row["epoch"], "loss": row["loss"]} for row in result.history]
-    header = {"format": VERSION, "options": options.params(), "history": history}
+    header = {"format": PRETRAIN_VERSION, "options": options.params(), "history": history}
     save_tensors(path, model.module.state_dict(), header)

@@ -6,26 +6,20 @@ Each library's adapter with a text tower encodes a batch of texts its own way (i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from residual.libraries import LIBRARIES
-from residual.models import LoadedModel
+from residual.libraries import LIBRARIES, has_text_tower
+from residual.models.loaded import LoadedModel
 
 Template = str | Callable[[str], str]
 
 
 class NoTextTowerError(ValueError):
     """The model has no text encoder (or was built without its tokenizer)."""
-
-
-def has_text_tower(spec: Mapping[str, Any]) -> bool:
-    """Whether a model entry of the config has a text tower (open_clip, transformers CLIP and BLIP), as its library says."""
-    return LIBRARIES[spec["library"]].text(spec)
 
 
 @torch.no_grad()

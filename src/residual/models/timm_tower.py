@@ -14,8 +14,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from residual.libraries import suggest
-from residual.models import looks_like_path
 from residual.models.checkpoint import read_state_dict
+from residual.models.loaded import looks_like_path
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 

@@ -47,7 +47,7 @@ from residual.models.checkpoint import read_state_dict
 from residual.models.tower import AttentionWeights, Block, Tower, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from residual.models import LoadedModel
+    from residual.models.loaded import LoadedModel
 
 CLASSES: dict[str, type[PreTrainedModel]] = {
     cls.__name__: cls

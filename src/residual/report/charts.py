@@ -16,7 +16,7 @@ import polars as pl
 
 from residual.io.atomic import atomic_path
 
-VERSION = "charts/3"  # bump when a change to a chart's code changes what it draws
+# Its version, CHARTS_VERSION, is in residual.report.outputs (the rules read it without altair).
 
 PNG_SCALE = 2  # pixels per Vega pixel: sharp on high-density screens and in slides
 FONT = "DejaVu Sans, Liberation Sans, Arial, sans-serif"

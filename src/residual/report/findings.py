@@ -34,8 +34,7 @@ import polars as pl
 from residual.alignment.names import FINETUNE
 from residual.data.world import text_attribute
 from residual.descriptions.table import METHODS
-from residual.heads.halves import SCORE
-from residual.heads.labels import fraction_label
+from residual.heads.options import HALVES_SCORE, fraction_label
 from residual.heads.tables import overlap_table
 from residual.report.main_table import MEAN, main_table
 
@@ -152,7 +151,7 @@ def score_probe_findings(head_scores: pl.DataFrame, probes: pl.DataFrame, tasks:
     """Per model x attribute task: Spearman rho over heads between the U|T score (val) and the
     balanced accuracy of a linear probe of the task's attribute on the head.
     head_scores: the scores table (model, dataset, score, unit, value); probes: the probes table."""
-    scores = head_scores.filter((pl.col("score") == SCORE) & pl.col("dataset").is_in(list(tasks))).select(
+    scores = head_scores.filter((pl.col("score") == HALVES_SCORE) & pl.col("dataset").is_in(list(tasks))).select(
         "model", "dataset", "unit", "value"
     )
     probed = whole_unit_probes(probes, tasks).select("model", "dataset", "unit", "balanced_accuracy")
@@ -191,7 +190,7 @@ def selection_findings(selection: pl.DataFrame, tasks: Mapping[str, str], fracti
     for (model, dataset, ablation), group in _in_task_order(at, tasks, "ablation").group_by(
         "model", "dataset", "ablation", maintain_order=True
     ):
-        chosen = group.filter(pl.col("score") == SCORE)
+        chosen = group.filter(pl.col("score") == HALVES_SCORE)
         if chosen.is_empty():
             continue  # `heads.scores` left U|T out: no claim to measure
         accuracy, k = chosen["accuracy"].item(), chosen["k"].item()
@@ -222,9 +221,9 @@ def overlap_findings(selection: pl.DataFrame, halves: pl.DataFrame, tasks: Mappi
     """Per model x attribute task: mean Jaccard of its top `fraction` U|T heads with those of each
     other attribute task, against the Jaccard of the top heads of two halves of its own val split.
     halves: the split-half rows (`residual.heads.halves`, with model and dataset)."""
-    chosen = selection.filter(pl.col("dataset").is_in(list(tasks)) & (pl.col("score") == SCORE))
+    chosen = selection.filter(pl.col("dataset").is_in(list(tasks)) & (pl.col("score") == HALVES_SCORE))
     between = overlap_table(chosen).filter(_at(fraction) & (pl.col("dataset_a") != pl.col("dataset_b")))
-    within = halves.filter(pl.col("dataset").is_in(list(tasks)) & (pl.col("score") == SCORE) & _at(fraction))
+    within = halves.filter(pl.col("dataset").is_in(list(tasks)) & (pl.col("score") == HALVES_SCORE) & _at(fraction))
     _require("split-half", _pairs(chosen), _pairs(within))
     rows = []
     for record in _in_task_order(within, tasks).iter_rows(named=True):

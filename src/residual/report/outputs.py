@@ -16,6 +16,8 @@ from dataclasses import dataclass
 TABLE_FORMATS = ("parquet", "csv", "md")
 LATEX = "tex"
 CHART_FORMATS = ("html", "png", "svg")
+# The drawing code's version (report/charts.py, report/*_charts.py): bump it with a change that changes what a chart draws.
+CHARTS_VERSION = "charts/3"
 
 # What a run needs for a table to have rows (`RunShape.has`).
 ALWAYS = "always"

@@ -23,7 +23,7 @@ CANDIDATES = 8
 # Bytes of one square distance block: bounds the search's memory whatever n is. 16 MB (2,048 rows
 # of float32) stays near the cache, where transposing a block costs an eighth of its matrix product.
 BLOCK_BYTES = 16 * 2**20
-VERSION = "intrinsic-dimension/3"  # bump when a change to the estimators or their table changes results
+# Its version, ID_VERSION, is in residual.spectral.versions: bump it there when a change to the estimators or their table changes results.
 
 
 def linear_id(eigenvalues: Tensor, total_variance: Tensor | float, threshold: float = 0.99) -> int:

@@ -28,11 +28,12 @@ from torch import Tensor
 from residual.io.tensors import TensorFileError, open_tensors, save_tensors
 from residual.runtime.threads import per_matrix
 from residual.spectral.intrinsic_dimension import linear_id
+from residual.spectral.versions import PCA_FORMAT
 from residual.units.guards import check_finite_values
 from residual.units.layout import OUTPUT, is_head
 from residual.units.store import UnitFile
 
-FORMAT = "residual-pca/1"  # bump when the file layout or the fit changes
+# Its format, PCA_FORMAT, is in residual.spectral.versions: bump it there when the file layout or the fit changes.
 RANK_TOLERANCE = 1e-9
 
 
@@ -92,13 +93,13 @@ class UnitPCA:
         for name, components, eigenvalues in zip(self.names, self.components, self.eigenvalues):
             tensors[f"components/{name}"] = components
             tensors[f"eigenvalues/{name}"] = eigenvalues
-        header = {"format": FORMAT, "names": self.names, "samples": self.samples, **self.metadata}
+        header = {"format": PCA_FORMAT, "names": self.names, "samples": self.samples, **self.metadata}
         save_tensors(path, {key: value.float() for key, value in tensors.items()}, header)
 
     @classmethod
     def load(cls, path: str | Path, units: Sequence[str] | None = None) -> UnitPCA:
         """Read the selected units (all if None); only their tensors are read from disk."""
-        with open_tensors(path, "PCA file", "pca", format=FORMAT, error=PCAFileError) as (handle, header):
+        with open_tensors(path, "PCA file", "pca", format=PCA_FORMAT, error=PCAFileError) as (handle, header):
             names = header.pop("names")
             selected = names if units is None else list(units)
             missing = sorted(set(selected) - set(names))

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from residual.spectral.intrinsic_dimension import linear_id
 
-VERSION = "similarity/2"  # bump when a change to the score or its table changes results
+# Its version, SIMILARITY_VERSION, is in residual.spectral.versions: bump it there when a change to the score or its table changes results.
 
 
 def spectral_cosine(

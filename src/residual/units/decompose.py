@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.models.tower import Block, Tower, layer_scale_vector
 from residual.units.guards import NonFiniteError, check_decomposition, listed, relative_error
 from residual.units.layout import UnitLayout

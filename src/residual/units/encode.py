@@ -19,7 +19,7 @@ from residual.data.sources import Source, prepare
 from residual.io.atomic import atomic_path
 from residual.io.tensors import TensorFileError
 from residual.libraries import LIBRARIES
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.units.decompose import checked_values, trace
 from residual.units.store import UnitFileError, UnitWriter
 from residual.units.unit_map import UnitMap, layout_of

@@ -28,8 +28,9 @@ from residual.io.tensors import TensorFileError
 from residual.units.decompose import RawUnits
 from residual.units.layout import UnitLayout, is_head
 from residual.units.unit_map import UnitMap
+from residual.units.versions import UNITS_FORMAT
 
-FORMAT = "residual-units/1"  # bump when the file layout or the decomposition (units/decompose.py) changes
+# Its format, UNITS_FORMAT, is in residual.units.versions: bump it there when the file layout or the decomposition (units/decompose.py) changes.
 METADATA_KEY = b"residual"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -80,7 +81,7 @@ class UnitWriter:
         if dtype not in DTYPES:
             raise ValueError(f"storage dtype {dtype!r} is not one of {sorted(DTYPES)}")
         self.layout, self.dtype, self.rows_per_group = layout, np.dtype(DTYPES[dtype]), rows_per_group
-        self.metadata = {"format": FORMAT, "units": layout.names, "layout": layout.__dict__, "dtype": dtype, **metadata}
+        self.metadata = {"format": UNITS_FORMAT, "units": layout.names, "layout": layout.__dict__, "dtype": dtype, **metadata}
         fields = [
             pa.field("sample_id", pa.int64(), nullable=False),
             pa.field("label", pa.int64(), nullable=False),
@@ -220,9 +221,9 @@ class UnitFile:
             self.metadata: dict[str, Any] = json.loads(raw)
         except ValueError as error:  # UnicodeDecodeError, JSONDecodeError
             raise self._corrupt(error) from error
-        if not isinstance(self.metadata, dict) or self.metadata.get("format") != FORMAT:
+        if not isinstance(self.metadata, dict) or self.metadata.get("format") != UNITS_FORMAT:
             found = self.metadata.get("format") if isinstance(self.metadata, dict) else self.metadata
-            raise UnitFileError(f"{self.path} has format {found!r}, this reader expects {FORMAT!r}")
+            raise UnitFileError(f"{self.path} has format {found!r}, this reader expects {UNITS_FORMAT!r}")
         missing = [key for key in REQUIRED_METADATA if key not in self.metadata]
         if missing:
             raise UnitFileError(

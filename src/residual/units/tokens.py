@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from residual.models import LoadedModel
+from residual.models.loaded import LoadedModel
 from residual.models.tower import UnsupportedModelError
 from residual.units.decompose import checked_values, trace_tokens
 from residual.units.guards import TOLERANCE, DecompositionError, relative_error

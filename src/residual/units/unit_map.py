@@ -34,7 +34,7 @@ from residual.io.tensors import TensorFileError, open_tensors, save_tensors
 from residual.models.tower import Tower, layer_scale_vector
 from residual.units.layout import UnitLayout, is_head
 
-VERSION = "unit-map/2"  # bump when a change to this module changes the maps it writes
+# Its version, UNIT_MAP_VERSION, is in residual.units.versions: bump it there when a change to this module changes the maps it writes.
 
 LnConstants = Literal["per_unit", "per_layer"]
 

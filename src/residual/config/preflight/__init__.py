@@ -6,7 +6,10 @@ Two kinds of problem, both reported all at once with the config key, the value a
   does not know, an architecture that does not decompose, such as a Swin or a ViT with average
   pooling, found on its skeleton without weights; a checkpoint file that does not exist, an unknown
   loader, a dataset without a root). Always fatal: `rules/common.smk` calls it right after
-  `validate_config`, so even `snakemake -n` stops on them.
+  `validate_config`, so even `snakemake -n` stops on them. The model checks build the model
+  libraries' skeletons, which takes torch: they run in a child process (`residual.config.preflight.models`)
+  whose OK is remembered under `.snakemake/` (`ModelVerdicts`), so that parsing the workflow, which
+  every cluster job does again, imports no model library once a config's models have passed.
 - `missing_inputs` / `require_inputs`: files a real run needs that are not here and that no rule
   can fetch (a user-supplied dataset such as ImageNet, a dataset with `download: false`, a
   Hugging Face checkpoint absent from the local cache). Data legitimately lives elsewhere when a
@@ -15,19 +18,24 @@ Two kinds of problem, both reported all at once with the config key, the value a
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Collection, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from residual.config.errors import ConfigError
+from residual.config.params import canonical
 from residual.config.validate import active_models
 from residual.data import imagefolder
 from residual.data.catalog import DATASETS
 from residual.data.sources import FILE_LOADERS, LOADERS
+from residual.io.atomic import atomic_path
 from residual.libraries import HF_ID, LIBRARIES, suggest
-from residual.models import looks_like_path
-from residual.models.checkpoint import loading_kwargs
-from residual.models.tower import UnsupportedModelError
 
 GENERATED_SIZES = ("random", "world")  # loaders whose image count is the entry's `size`
 IMAGEFOLDER_KEYS = ("table", "classes", "templates")  # keys of the user's own images only
@@ -40,7 +48,7 @@ class PreflightError(ConfigError):
 def check_config(config: Mapping[str, Any]) -> None:
     """Raise PreflightError listing every static problem of a validated config (models run by this config, all datasets)."""
     problems = [
-        *(problem for name in active_models(config) for problem in _model_problems(name, config["models"][name])),
+        *model_problems({name: config["models"][name] for name in active_models(config)}),
         *(problem for name, spec in config["datasets"].items() for problem in _dataset_problems(name, spec)),
     ]
     _raise(problems, "the config names things that do not exist")
@@ -70,41 +78,57 @@ def require_inputs(
     _raise(missing_inputs(config, datasets, models), "inputs are missing; no job was started")
 
 
-def _model_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
-    """Static problems of one `models:` entry: architecture, pretrained tag or file."""
-    key, library, pretrained = f"models.{name}", spec["library"], spec.get("pretrained")
-    unsafe = loading_kwargs(spec.get("kwargs") or {})
-    if unsafe:
-        return [
-            f"{key}.kwargs.{problem}; kwargs may not change how weights are loaded: remove it and give the weights file as `pretrained`"
-            for problem in unsafe
-        ]
-    depth = LIBRARIES[library].vision_depth(spec)
-    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
-        return [f"{key}.kwargs: {depth!r} blocks; a vision transformer needs at least one block to decompose into units"]
-    folders = "arch" in LIBRARIES[library].checkpoint_fields  # the library reads checkpoint folders and model ids
-    if not folders and isinstance(pretrained, str) and looks_like_path(pretrained) and not Path(pretrained).is_file() and "pretrain" not in spec:
-        return [f"{key}.pretrained: checkpoint file {pretrained!r} does not exist; fix the path, or use null for random init"]
-    return LIBRARIES[library].module().spec_problems(key, spec) or _architecture_problems(key, spec)
+# What the model checks depend on besides the entries: the model libraries and the checking code.
+MODEL_DISTRIBUTIONS = ("torch", "torchvision", "open_clip_torch", "timm", "transformers")
+CHECKING_CODE = (Path(__file__).parent, Path(__file__).parents[2] / "models", Path(__file__).parents[2] / "libraries.py")
+VERDICTS = Path(".snakemake") / "residual-preflight"  # in the working directory, beside Snakemake's own state
 
 
-def _architecture_problems(key: str, spec: Mapping[str, Any]) -> list[str]:
-    """What the model's first job would refuse (kwargs the library rejects; pooling or blocks that
-    do not decompose: the adapter's `tower`), found on the architecture alone (`skeleton`)."""
-    adapter = LIBRARIES[spec["library"]].module()
-    try:
-        module = adapter.skeleton(spec)
-        if module is None:  # the library builds no architecture without its checkpoint: the first job checks it
-            return []
-    except TypeError as error:
-        return [f"{key}.kwargs: {spec['library']} rejects {dict(spec.get('kwargs') or {})} for {spec['arch']!r} ({error}); fix `kwargs`"]
-    except Exception:  # an operation the meta device lacks: the model's first job builds it for real, and checks it there
+def model_problems(models: Mapping[str, Mapping[str, Any]], verdicts: Path = VERDICTS) -> list[str]:
+    """Static problems of the `models:` entries by name (`residual.config.preflight.models`), checked
+    in a child process unless these entries already passed with the same libraries, checking code
+    and checkpoint files (a verdict file under `verdicts`); only a pass is remembered."""
+    if not models:
         return []
+    verdict = verdicts / f"{_models_key(models)}.ok"
+    if verdict.is_file():
+        return []
+    source = str(Path(__file__).parents[3])  # the folder that holds this `residual` package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "residual.config.preflight.models"]
+    run = subprocess.run(command, input=json.dumps({name: canonical(spec) for name, spec in models.items()}), capture_output=True, text=True, env=env, check=False)
+    if run.returncode != 0:
+        raise PreflightError(f"config: the model checks stopped ({' '.join(command)}, exit {run.returncode}):\n{run.stderr[-2000:]}")
+    problems: list[str] = json.loads(run.stdout.splitlines()[-1])
+    if not problems:
+        verdict.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(verdict) as tmp:
+            tmp.write_text("ok\n")
+    return problems
+
+
+def _models_key(models: Mapping[str, Mapping[str, Any]]) -> str:
+    """SHA-256 of what the model checks read: the entries, whether each checkpoint path they name is
+    a file here, the model libraries' versions and the checking code."""
+    paths = sorted({value for spec in models.values() for value in spec.values() if isinstance(value, str)})
+    digest = hashlib.sha256()
+    facts = {
+        "models": canonical(models),
+        "files": {path: Path(path).is_file() for path in paths},
+        "versions": {name: _version(name) for name in MODEL_DISTRIBUTIONS},
+    }
+    digest.update(json.dumps(facts, sort_keys=True).encode())
+    for root in CHECKING_CODE:
+        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _version(distribution: str) -> str | None:
     try:
-        adapter.tower(module)
-    except UnsupportedModelError as error:
-        return [f"{key}.arch: {spec['arch']!r} does not decompose into residual units: {error}"]
-    return []
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def _dataset_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
