@@ -23,8 +23,6 @@ from residual.config.validate import load_config
 
 HEAVY = ("torch", "torchvision", "open_clip", "timm", "transformers", "altair", "scipy", "sklearn")
 RULE_IMPORT = re.compile(r"^from (residual[\w.]*) import", re.M)
-# Made torch-free by the table and chart work (issue 23, item 3), which owns them.
-TABLE_AND_CHART_MODULES = ("residual.report", "residual.heads.tables")
 
 
 def rule_modules() -> list[str]:
@@ -52,22 +50,9 @@ def test_the_rules_import_something() -> None:
     assert "residual.config.preflight" in modules and "residual.alignment.options" in modules, modules
 
 
-@pytest.fixture(scope="module")
-def loaded() -> dict[str, list[str]]:
-    """Heavy libraries after each rule module, this item's modules first (one interpreter for both tests)."""
-    modules = rule_modules()
-    return heavy_libraries(sorted(modules, key=lambda name: name.startswith(TABLE_AND_CHART_MODULES)))
-
-
-def test_parsing_the_workflow_imports_no_heavy_library(loaded: dict[str, list[str]]) -> None:
+def test_parsing_the_workflow_imports_no_heavy_library() -> None:
     """The first module after which a heavy library is loaded is the one that imports it."""
-    heavy = {name: libraries for name, libraries in loaded.items() if libraries and not name.startswith(TABLE_AND_CHART_MODULES)}
-    assert not heavy, heavy
-
-
-@pytest.mark.xfail(strict=True, reason="the table and chart modules import torch until issue 23 item 3 lands: then remove this mark")
-def test_parsing_the_workflow_imports_no_heavy_library_with_the_table_and_chart_modules(loaded: dict[str, list[str]]) -> None:
-    heavy = {name: libraries for name, libraries in loaded.items() if libraries}
+    heavy = {name: libraries for name, libraries in heavy_libraries(rule_modules()).items() if libraries}
     assert not heavy, heavy
 
 
