@@ -103,6 +103,15 @@ def slurm_controller() -> Iterator[None]:
         subprocess.run([*cluster, "stop"], capture_output=True, timeout=120)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def preflight_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One cache of preflight passes for the session's Snakemake runs (every run folder is new), none
+    in the user's home."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RESIDUAL_CACHE", str(tmp_path_factory.mktemp("residual_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The tiny config run end to end from scratch (folder, Snakemake's output). Read-only for the

@@ -94,3 +94,11 @@ def test_the_options_name_every_variant() -> None:
     from residual.alignment.variants import VARIANTS
 
     assert list(VARIANT_KEYS) == list(VARIANTS)
+
+
+def test_passes_are_remembered_for_the_machine_in_residual_cache_or_the_user_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path / "cache"))
+    assert preflight.verdict_folder() == tmp_path / "cache" / "preflight"
+    monkeypatch.delenv("RESIDUAL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert preflight.verdict_folder() == tmp_path / "xdg" / "residual" / "preflight"

@@ -8,8 +8,9 @@ Two kinds of problem, both reported all at once with the config key, the value a
   loader, a dataset without a root). Always fatal: `rules/common.smk` calls it right after
   `validate_config`, so even `snakemake -n` stops on them. The model checks build the model
   libraries' skeletons, which takes torch: they run in a child process (`residual.config.preflight.models`)
-  whose OK is remembered under `.snakemake/` (`ModelVerdicts`), so that parsing the workflow, which
-  every cluster job does again, imports no model library once a config's models have passed.
+  whose OK is remembered in this machine's cache (`verdict_folder`), so that parsing the workflow,
+  which every cluster job does again, imports no model library once a config's models have passed,
+  in any run folder.
 - `missing_inputs` / `require_inputs`: files a real run needs that are not here and that no rule
   can fetch (a user-supplied dataset such as ImageNet, a dataset with `download: false`, a
   Hugging Face checkpoint absent from the local cache). Data legitimately lives elsewhere when a
@@ -81,16 +82,24 @@ def require_inputs(
 # What the model checks depend on besides the entries: the model libraries and the checking code.
 MODEL_DISTRIBUTIONS = ("torch", "torchvision", "open_clip_torch", "timm", "transformers")
 CHECKING_CODE = (Path(__file__).parent, Path(__file__).parents[2] / "models", Path(__file__).parents[2] / "libraries.py")
-VERDICTS = Path(".snakemake") / "residual-preflight"  # in the working directory, beside Snakemake's own state
 
 
-def model_problems(models: Mapping[str, Mapping[str, Any]], verdicts: Path = VERDICTS) -> list[str]:
+def verdict_folder() -> Path:
+    """Where passes of the model checks are remembered: $RESIDUAL_CACHE/preflight, by default in the
+    user's cache ($XDG_CACHE_HOME or ~/.cache, /residual). A pass holds for this machine, not for one
+    run folder: its key names everything the checks read (`_models_key`)."""
+    cache = os.environ.get("RESIDUAL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "residual"
+    return Path(cache) / "preflight"
+
+
+def model_problems(models: Mapping[str, Mapping[str, Any]], verdicts: Path | None = None) -> list[str]:
     """Static problems of the `models:` entries by name (`residual.config.preflight.models`), checked
     in a child process unless these entries already passed with the same libraries, checking code
-    and checkpoint files (a verdict file under `verdicts`); only a pass is remembered."""
+    and checkpoint files (a verdict file under `verdicts`, default `verdict_folder()`); only a pass
+    is remembered, and only where the folder can be written."""
     if not models:
         return []
-    verdict = verdicts / f"{_models_key(models)}.ok"
+    verdict = (verdicts or verdict_folder()) / f"{_models_key(models)}.ok"
     if verdict.is_file():
         return []
     source = str(Path(__file__).parents[3])  # the folder that holds this `residual` package
@@ -101,9 +110,12 @@ def model_problems(models: Mapping[str, Mapping[str, Any]], verdicts: Path = VER
         raise PreflightError(f"config: the model checks stopped ({' '.join(command)}, exit {run.returncode}):\n{run.stderr[-2000:]}")
     problems: list[str] = json.loads(run.stdout.splitlines()[-1])
     if not problems:
-        verdict.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(verdict) as tmp:
-            tmp.write_text("ok\n")
+        try:
+            verdict.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(verdict) as tmp:
+                tmp.write_text("ok\n")
+        except OSError:  # a read-only home: the checks run again next time, nothing else changes
+            pass
     return problems
 
 
