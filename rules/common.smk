@@ -2,13 +2,9 @@
 # Every rule's params are plain values in canonical form (residual.config.params), holding exactly
 # the settings its output depends on, plus its stage's VERSION: Snakemake reruns a job when one of
 # them changes. Device, threads, workers and batch sizes are read by the scripts from the config.
-from residual.alignment.options import CLASSIFIER_VERSION
-from residual.alignment.options import ClassifierSpec
+from residual.alignment.options import CLASSIFIER_VERSION, ClassifierSpec, FinetuneOptions, FINETUNE_VERSION, TrainingOptions
 from residual.alignment.names import FINETUNE
-from residual.alignment.options import FinetuneOptions
-from residual.alignment.options import FINETUNE_VERSION
 from residual.alignment.options import TRAINING_VERSION as TRAIN_VERSION
-from residual.alignment.options import TrainingOptions
 from residual.config.params import model_params, source_params, split_params
 from residual.config.preflight import check_config, missing_inputs, require_inputs
 from residual.config.validate import active_models, id_datasets, read_yaml, validate_config
@@ -17,16 +13,12 @@ from residual.data.sequences import SPLITS
 from residual.data.splits import VERSION as SPLIT_VERSION
 from residual.data.world import world_task_names
 from residual.models.versions import PRETRAIN_VERSION
-from residual.libraries import LIBRARIES
-from residual.libraries import has_text_tower
+from residual.libraries import LIBRARIES, has_text_tower
 from residual.report import outputs as OUTPUTS
 from residual.report.main_table import VERSION as MAIN_TABLE_VERSION
 from residual.report.tables import VERSION as TABLES_VERSION
-from residual.spectral.versions import ID_VERSION
-from residual.spectral.versions import PCA_FORMAT
-from residual.spectral.versions import SIMILARITY_VERSION
-from residual.units.versions import UNITS_FORMAT
-from residual.units.versions import UNIT_MAP_VERSION
+from residual.spectral.versions import ID_VERSION, PCA_FORMAT, SIMILARITY_VERSION
+from residual.units.versions import UNITS_FORMAT, UNIT_MAP_VERSION
 from snakemake.logging import logger
 
 # Snakemake's YAML reader keeps the last of two equal keys: read every config file again with one

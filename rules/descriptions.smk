@@ -1,9 +1,7 @@
 # What each unit encodes, in words (METHOD section 7): the run's text dictionary, fetched once and
 # encoded once per model with a text tower; then per model x dataset TextSpan, SOMP and the texts at
 # both ends of each unit's first principal components.
-from residual.descriptions.options import DESCRIPTIONS_VERSION
-from residual.descriptions.options import DescriptionSettings, description_datasets
-from residual.descriptions.options import DICTIONARY_FORMAT
+from residual.descriptions.options import DESCRIPTIONS_VERSION, DescriptionSettings, description_datasets, DICTIONARY_FORMAT
 from residual.descriptions.sources import DictionarySource, check_source
 
 DICTIONARY = DictionarySource.from_config(config)

@@ -1,13 +1,10 @@
 # Coarse unit alignment on every task dataset (METHOD section 8): zero-shot accuracy of the embedding
 # and of the unit sum (val, test), head scores on val, top-k head selections on test, their tables.
 from residual.heads.options import SCORES_VERSION as HEAD_SCORES_VERSION
-from residual.heads.options import ScoreOptions
+from residual.heads.options import ScoreOptions, SelectionOptions, fraction_label, table_fraction, ZEROSHOT_VERSION, ZERO_SHOT_SPLITS
 from residual.heads.options import SELECTION_VERSION as HEAD_SELECTION_VERSION
-from residual.heads.options import SelectionOptions, fraction_label, table_fraction
 from residual.heads.tables import TOP_HEADS
 from residual.heads.tables import VERSION as HEAD_TABLES_VERSION
-from residual.heads.options import ZEROSHOT_VERSION
-from residual.heads.options import ZERO_SHOT_SPLITS
 
 HEADS = config["heads"]
 # Checked while the DAG is built, so that a bad key stops dry runs too.

@@ -2,8 +2,7 @@
 # heads' outputs (a selection's first heads) along the image's class direction and along each head's
 # first principal components, on a few seeded test images; then their pictures (residual.report.map_charts),
 # which `all` and the report include (MAP_CHART, rules/charts.smk).
-from residual.heads.options import MAPS_VERSION
-from residual.heads.options import MapOptions
+from residual.heads.options import MAPS_VERSION, MapOptions
 
 # Checked while the DAG is built, so that a bad key stops dry runs too.
 MAP_OPTIONS = MapOptions.from_config(config).params()

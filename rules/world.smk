@@ -1,8 +1,7 @@
 # Ground truth on the planted-attribute world (residual.data.world): how well each unit's output
 # alone reads each world task's attribute (train -> val probes of the whole unit and of each of its
 # first principal components, residual.heads.probes), and their table.
-from residual.heads.options import PROBES_VERSION
-from residual.heads.options import ProbeOptions
+from residual.heads.options import PROBES_VERSION, ProbeOptions
 
 # Checked while the DAG is built, so that a bad key stops dry runs too.
 PROBE_OPTIONS = ProbeOptions.from_config(config).params()
