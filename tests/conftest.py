@@ -105,8 +105,8 @@ def slurm_controller() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def preflight_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One cache of preflight passes for the session's Snakemake runs (every run folder is new), none
-    in the user's home."""
+    """One machine cache (preflight passes, the charts' Vega script) for the session's Snakemake runs,
+    whose run folders are all new; none in the user's home."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RESIDUAL_CACHE", str(tmp_path_factory.mktemp("residual_cache")))
         yield

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import altair as alt
 import polars as pl
 import pytest
 import vl_convert
@@ -20,7 +21,8 @@ from conftest import REPO
 from PIL import Image
 
 from residual.io.tables import DEMO_NOTE, to_latex
-from residual.report.charts import save_chart
+from residual.report import charts
+from residual.report.charts import chart_page, save_chart
 from residual.report.figures import render
 from residual.report.outputs import CHARTS
 from residual.report.paper_tables import PAPER_TABLES, main_summary
@@ -144,6 +146,23 @@ def test_charts_are_saved_offline_html_png_and_svg_identically_by_two_processes(
     assert [path.read_bytes() for path in first] == [path.read_bytes() for path in second]
     with pytest.raises(ValueError, match="chart format '.pdf'"):
         save_chart(chart, [tmp_path / "chart.pdf"])
+
+
+def test_the_page_is_altairs_inline_page_with_the_libraries_from_the_machine_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Altair's own `save(inline=True)` is the oracle, byte for byte; once the bundle is kept, a
+    process needs no bundler (vl-convert builds it in ~3 s per process)."""
+    monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path / "cache"))
+    chart = render("similarity_heads", TABLES["similarity"](), demo=False)
+    chart.save(tmp_path / "altair.html", format="html", inline=True, embed_options=charts.EMBED_OPTIONS, json_kwds={"cls": charts.ScriptSafeJSON})
+    assert chart_page(chart) == (tmp_path / "altair.html").read_text(encoding="utf-8")
+    (kept,) = (tmp_path / "cache/vega").iterdir()
+    assert kept.name == f"vl-convert-{vl_convert.__version__}-vega-lite-v{'_'.join(alt.VEGALITE_VERSION.split('.')[:2])}.js"
+
+    def no_bundler(**_: object) -> str:
+        raise AssertionError("the bundle was built again")
+
+    monkeypatch.setattr(charts.vl_convert, "javascript_bundle", no_bundler)
+    assert chart_page(chart) == (tmp_path / "altair.html").read_text(encoding="utf-8")
 
 
 def test_an_empty_table_is_refused_with_its_name() -> None:

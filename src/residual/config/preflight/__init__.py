@@ -35,7 +35,7 @@ from residual.config.validate import active_models
 from residual.data import imagefolder
 from residual.data.catalog import DATASETS
 from residual.data.sources import FILE_LOADERS, LOADERS
-from residual.io.atomic import atomic_path
+from residual.io.machine_cache import cache_folder, remember
 from residual.libraries import HF_ID, LIBRARIES, suggest
 
 GENERATED_SIZES = ("random", "world")  # loaders whose image count is the entry's `size`
@@ -85,11 +85,10 @@ CHECKING_CODE = (Path(__file__).parent, Path(__file__).parents[2] / "models", Pa
 
 
 def verdict_folder() -> Path:
-    """Where passes of the model checks are remembered: $RESIDUAL_CACHE/preflight, by default in the
-    user's cache ($XDG_CACHE_HOME or ~/.cache, /residual). A pass holds for this machine, not for one
-    run folder: its key names everything the checks read (`_models_key`)."""
-    cache = os.environ.get("RESIDUAL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "residual"
-    return Path(cache) / "preflight"
+    """Where passes of the model checks are remembered (the machine's cache, `preflight/`). A pass
+    holds for this machine, not for one run folder: its key names everything the checks read
+    (`_models_key`)."""
+    return cache_folder("preflight")
 
 
 def model_problems(models: Mapping[str, Mapping[str, Any]], verdicts: Path | None = None) -> list[str]:
@@ -110,12 +109,7 @@ def model_problems(models: Mapping[str, Mapping[str, Any]], verdicts: Path | Non
         raise PreflightError(f"config: the model checks stopped ({' '.join(command)}, exit {run.returncode}):\n{run.stderr[-2000:]}")
     problems: list[str] = json.loads(run.stdout.splitlines()[-1])
     if not problems:
-        try:
-            verdict.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(verdict) as tmp:
-                tmp.write_text("ok\n")
-        except OSError:  # a read-only home: the checks run again next time, nothing else changes
-            pass
+        remember(verdict, "ok\n")
     return problems
 
 
