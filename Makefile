@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv and run the offline demo end to end (CPU, no download)
-#   make test   set up .venv, install the SLURM and browser tests' system packages (root), run the test
+#   make test   set up .venv, install the SLURM, browser and LaTeX tests' system packages (root), run the test
 #               suite (CI: .ci/run runs `make lint` and `make test`)
 #   make lint   ruff, snakefmt --check and snakemake --lint on every config
 #   make report run CONFIG's workflow with its charts and runtime, then build results/report.html
@@ -37,12 +37,13 @@ report: setup
 	$(BIN)/snakemake report_files --report $(REPORT) --configfile $(CONFIG)
 	@echo "Report (opens offline in a browser): $(abspath $(REPORT))"
 
-# The system packages of the SLURM and browser tests (root and apt-get), installed before pytest so
+# The system packages of the SLURM, browser and LaTeX tests (root and apt-get), installed before pytest so
 # that the suite's durations are the tests' own. Where they cannot be installed (not root, no apt-get),
 # the scripts say why and those tests skip with the reason, so a failure here does not stop `make test`.
 test-packages:
 	-bash scripts/slurm-cluster.sh install
-	-sh scripts/install-chromium.sh
+	-sh scripts/install-test-tool.sh chromium
+	-sh scripts/install-test-tool.sh pdflatex
 
 test: setup test-packages
 	$(BIN)/python -m pytest 2>&1 | awk '{ print } /slowest 25 durations/ { keep = 1 } keep { print > "$(TEST_DURATIONS)" }'

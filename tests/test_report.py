@@ -1,5 +1,5 @@
 """The report in a real browser: headless Chromium (Debian's package, installed by
-scripts/install-chromium.sh) opens the `snakemake --report` of a completed tiny run, the charts it
+scripts/install-test-tool.sh chromium) opens the `snakemake --report` of a completed tiny run, the charts it
 holds, and a chart page, offline; the Vega views must have marks, the pages no JavaScript error,
 and the screenshots must not be blank. Names and texts that HTML, reStructuredText or Vega would
 read as markup show as text, and no script they hold runs."""
@@ -51,7 +51,7 @@ HOSTILE_RUN_NAME = (
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    install = subprocess.run([str(REPO / "scripts/install-chromium.sh")], capture_output=True, text=True, timeout=600)
+    install = subprocess.run([str(REPO / "scripts/install-test-tool.sh"), "chromium"], capture_output=True, text=True, timeout=600)
     if install.returncode != 0:
         pytest.skip(f"no headless Chromium: {install.stderr.strip().splitlines()[-1] if install.stderr.strip() else 'install failed'}")
     return install.stdout.strip().splitlines()[-1]

@@ -98,9 +98,17 @@ def test_latex_escapes_every_character_it_would_misread() -> None:
     assert not set(rest) & set("\\&%$#_{}~^|<>[]*"), escaped
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (the structure is checked above)")
-@pytest.mark.parametrize("table", [TABLE, pl.DataFrame({"text": HOSTILE[::-1], "k": list(range(len(HOSTILE)))})], ids=["plain", "hostile"])
-def test_latex_compiles(tmp_path: Path, table: pl.DataFrame) -> None:
-    (tmp_path / "table.tex").write_text(to_latex(table, "Test accuracy & 100% of #heads_kept", demo=True))
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed: scripts/install-test-tool.sh pdflatex (make test runs it)")
+@pytest.mark.parametrize(
+    ("table", "group"),
+    [
+        (TABLE, None),
+        (pl.DataFrame({"text": HOSTILE[::-1], "k": list(range(len(HOSTILE)))}), None),
+        (pl.concat([TABLE, TABLE]).sort("model"), "model"),  # the main table's blocks: blank cells and midrules between them
+    ],
+    ids=["plain", "hostile", "grouped"],
+)
+def test_latex_compiles(tmp_path: Path, table: pl.DataFrame, group: str | None) -> None:
+    (tmp_path / "table.tex").write_text(to_latex(table, "Test accuracy & 100% of #heads_kept", demo=True, group=group))
     run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "table.tex"], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0 and (tmp_path / "table.pdf").is_file(), run.stdout[-2000:]
