@@ -8,7 +8,10 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-min_version("9.0")
+# 9.17 fixed the scheduler's accounting of a job that was the only one ready (snakemake#3913): before
+# it, such a job's threads and resources were never taken from what was free, so `--resources gpu=1`
+# could start a second GPU job beside it, and `--cores` could be exceeded.
+min_version("9.17")
 
 # This process and every job import the `residual` package from this checkout, whether or not
 # (and whichever version) it is installed in the environment: one source for both.

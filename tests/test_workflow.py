@@ -149,3 +149,26 @@ def test_slurm_profile_sends_every_gpu_rule_to_the_gpu_partition() -> None:
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     on_gpu = {rule for rule, resources in profile["set-resources"].items() if resources.get("slurm_partition") == "gpu"}
     assert on_gpu == {rule for rule, uses_gpu in rules.items() if uses_gpu}
+
+
+def test_gpu_jobs_run_one_at_a_time_under_resources_gpu_1(tmp_path: Path) -> None:
+    """The README's `--resources gpu=1`, as the installed Snakemake schedules it. Before Snakemake 9.17
+    (snakemake#3913), a job that was the only one ready was started without taking its threads and
+    resources from what was free, so a second job could start beside it: here `on_gpu` for 1 starts
+    alone, and `on_gpu` for 2 becomes ready while it runs."""
+    (tmp_path / "Snakefile").write_text(
+        "rule all:\n"
+        "    input: 'done1', 'done2'\n"
+        "rule ready:\n"
+        "    output: 'ready{n}'\n"
+        "    shell: 'sleep {wildcards.n}; touch {output}'\n"
+        "rule on_gpu:\n"
+        "    input: 'ready{n}'\n"
+        "    output: 'done{n}'\n"
+        "    resources: gpu=1\n"
+        "    shell: 'date +%s.%N > {output}; sleep 2; date +%s.%N >> {output}'\n"
+    )
+    run = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", checkout=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (start_1, end_1), (start_2, end_2) = ([float(line) for line in (tmp_path / f"done{n}").read_text().split()] for n in (1, 2))
+    assert end_1 <= start_2 or end_2 <= start_1, f"on_gpu ran from {start_1} to {end_1} and from {start_2} to {end_2}"
