@@ -1,7 +1,7 @@
 """The report in a real browser: headless Chromium (Debian's package, installed by
-scripts/install-test-tool.sh chromium) opens the `snakemake --report` of a completed tiny run, the charts it
-holds, and a chart page, offline; the Vega views must have marks, the pages no JavaScript error,
-and the screenshots must not be blank. Names and texts that HTML, reStructuredText or Vega would
+scripts/install-test-tool.sh chromium) opens the `snakemake --report` of a completed tiny run, the
+charts it holds, and a chart page, offline; the Vega views must have marks, the pages no JavaScript
+error, and the screenshots must not be blank. Names and texts that HTML, reStructuredText or Vega would
 read as markup show as text, and no script they hold runs."""
 
 from __future__ import annotations
